@@ -1,0 +1,3 @@
+from bpfree.cli import main
+
+raise SystemExit(main())

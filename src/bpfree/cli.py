@@ -1,0 +1,152 @@
+"""The ``bpfree`` command: a thin layer over the public API (no logic of its own).
+
+User mistakes (bad names, bad values, missing data) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bpfree.errors import BpfreeError
+
+
+def _train_parser(sub: Any) -> None:
+    p = sub.add_parser("train", help="train one rule on one model and dataset")
+    p.add_argument("--rule", help="learning rule (see `bpfree list`)")
+    p.add_argument("--model", help="model, e.g. mlp_2x1000 or cnn_3block")
+    p.add_argument("--dataset", help="dataset: mnist, fashion_mnist, cifar10, cifar100, digits")
+    p.add_argument("--config", metavar="FILE.toml", help="settings file; flags override it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a rule hyperparameter or trainer setting (repeatable)")
+    p.add_argument("--epochs", type=int, help="epoch cap per phase (default 30)")
+    p.add_argument("--seed", type=int, help="run seed (default 0)")
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
+    p.add_argument("--train-samples", type=int, metavar="N",
+                   help="use only the first N training examples")
+    p.add_argument("--data-dir", help="folder holding dataset files")
+    p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument("--out", help="run directory (default runs/<rule>-<model>-<dataset>-s<seed>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from bpfree.config import TrainConfig, apply_sets, load_toml
+    from bpfree.engine import Trainer
+
+    values: dict[str, Any] = load_toml(args.config) if args.config else {}
+    flags = {
+        "rule": args.rule, "model": args.model, "dataset": args.dataset, "epochs": args.epochs,
+        "seed": args.seed, "patience": args.patience, "train_samples": args.train_samples,
+        "data_dir": args.data_dir, "device": args.device,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    config = TrainConfig.build(apply_sets(values, args.set))
+    out = args.out
+    if out is None:
+        if args.resume:
+            raise BpfreeError("--resume needs --out (the run directory to continue)")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = f"runs/{config.rule}-{config.model}-{config.dataset}-s{config.seed}-{stamp}"
+    result = Trainer(config, out, resume=args.resume, progress=False if args.quiet else None).run()
+    print(result.summary())
+    return 0 if result.status == "completed" else 1
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from bpfree.data import DATASETS
+    from bpfree.models import EXAMPLE_MODELS
+    from bpfree.rules import RULES
+
+    print("Rules (reverse-mode AD / backward locking / weight transport / forward passes per step):")
+    for name, cls in RULES.items():
+        i = cls.info
+        print(f"  {name:<6} {i.title}")
+        print(f"         reverse_ad={i.reverse_ad}, backward_locking={str(i.backward_locking).lower()}, "
+              f"weight_transport={str(i.weight_transport).lower()}, "
+              f"forward_passes_per_step={i.forward_passes_per_step}, models: {', '.join(i.families)}")
+        print(f"         {i.citation}")
+    print("Models:")
+    print("  mlp_<depth>x<width>  any depth and width, e.g. " + ", ".join(
+        m for m in EXAMPLE_MODELS if m.startswith("mlp")))
+    print("  cnn_3block           3 x (conv3x3 -> ReLU -> maxpool2 -> BatchNorm), 32/128/512")
+    print("Datasets:")
+    for name, spec in DATASETS.items():
+        print(f"  {name:<14} {spec.title}, {spec.num_classes} classes, input {spec.input_shape}")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from bpfree.data import DATASETS, fetch, locate
+    from bpfree.data.catalog import fetch_command, missing_message
+
+    if args.data_cmd == "fetch":
+        spec = DATASETS.get(args.name)
+        folder = fetch(spec, args.data_dir, mirror=args.mirror, timeout=args.timeout)
+        print(f"{spec.name}: files verified (SHA-256) in {folder}")
+        return 0
+    for name, spec in DATASETS.items():
+        if spec.kind == "builtin":
+            print(f"{name:<14} available   {spec.note}")
+            continue
+        where, looked = locate(spec, args.data_dir)
+        if where is not None:
+            print(f"{name:<14} available   {where}")
+        else:
+            print(f"{name:<14} missing     get it with: {fetch_command(spec)}"
+                  + (f"  ({spec.note})" if spec.note else ""))
+            if args.verbose:
+                print("               " + missing_message(spec, looked))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bpfree import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="bpfree", description="Train networks without backpropagation; measure honestly."
+    )
+    parser.add_argument("--version", action="version", version=f"bpfree {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    sub.add_parser("list", help="rules (with their properties), models and datasets")
+    data = sub.add_parser("data", help="list or fetch datasets")
+    data_sub = data.add_subparsers(dest="data_cmd", required=True)
+    dl = data_sub.add_parser("list", help="where each dataset was found, or how to get it")
+    dl.add_argument("--data-dir")
+    dl.add_argument("-v", "--verbose", action="store_true", help="list the folders searched")
+    df = data_sub.add_parser("fetch", help="download a dataset and verify its SHA-256")
+    df.add_argument("name")
+    df.add_argument("--data-dir", help="where to put it (default $BPFREE_DATA or the user cache)")
+    df.add_argument("--mirror", help="base URL to fetch the files from instead of the canonical one")
+    df.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    return parser
+
+
+COMMANDS = {"train": _cmd_train, "list": _cmd_list, "data": _cmd_data}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BpfreeError as exc:
+        print(f"bpfree: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("bpfree: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+

@@ -1,0 +1,131 @@
+"""Run configuration: a frozen dataclass; TOML or keyword arguments in, JSON out.
+
+Unknown keys are errors (a misspelled setting must never fall back to a default silently).
+Rule hyperparameters live in ``hparams`` and are checked against the rule's own dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bpfree.data import DATASETS
+from bpfree.errors import ConfigError, suggest
+from bpfree.models import MODELS, model_family
+from bpfree.rules import RULES, create_rule
+from bpfree.rules.base import _coerce, parse_value
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rule: str
+    model: str
+    dataset: str
+    seed: int = 0
+    epochs: int = 30  # cap per training phase
+    patience: int = 5  # epochs without improvement of `monitor` before stopping
+    min_delta: float = 0.0  # smallest change of `monitor` that counts as improvement
+    monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    val_fraction: float = 0.1
+    data_seed: int = 0  # draws the validation split; independent of the run seed
+    train_samples: int | None = None  # keep only the first N training examples
+    eval_batch_size: int = 1000
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data_dir: str | None = None
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        info = RULES.get(self.rule).info
+        MODELS.get(self.model)
+        DATASETS.get(self.dataset)
+        if model_family(self.model) not in info.families:
+            raise ConfigError(
+                f"rule {self.rule!r} cannot train {self.model!r}; it trains "
+                f"{' and '.join(info.families)} models (e.g. mlp_2x1000"
+                + (", cnn_3block)" if "cnn" in info.families else ")")
+            )
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
+            (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
+            (0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
+            (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
+            (self.seed >= 0 and self.data_seed >= 0, "seed and data_seed must be >= 0"),
+            (
+                self.train_samples is None or self.train_samples >= 2,
+                f"train_samples must be >= 2, got {self.train_samples}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        # Resolve hyperparameters now so bad ones fail before any data is loaded.
+        object.__setattr__(self, "hparams", create_rule(self.rule, self.hparams).hp.to_dict())
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def build(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a mapping, coercing types and rejecting unknown keys."""
+        names = cls.field_names()
+        hints = typing.get_type_hints(cls)
+        for key in ("rule", "model", "dataset"):
+            if key not in values or values[key] in (None, ""):
+                raise ConfigError(f"missing required setting {key!r}")
+        kwargs = {}
+        for key, value in values.items():
+            if key not in names:
+                raise ConfigError(f"unknown setting {key!r}{suggest(key, names)}")
+            kwargs[key] = value if key == "hparams" else _coerce(key, value, hints[key])
+        if not isinstance(kwargs.get("hparams", {}), dict):
+            raise ConfigError("hparams must be a table of rule settings")
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return TrainConfig.build({**self.to_dict(), **changes})
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into a flat mapping for :meth:`TrainConfig.build`."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {p} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    return data
+
+
+def apply_sets(values: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Apply ``--set key=value`` overrides: trainer settings by name, else rule hyperparameters.
+
+    ``hparams.<name>=v`` is accepted too. Unknown keys are caught when the config is built.
+    """
+    values = dict(values)
+    hparams = dict(values.get("hparams") or {})
+    trainer_keys = set(TrainConfig.field_names()) - {"rule", "model", "dataset", "hparams"}
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        value = parse_value(raw)
+        if key.startswith("hparams."):
+            hparams[key.removeprefix("hparams.")] = value
+        elif key in trainer_keys:
+            values[key] = value
+        else:
+            hparams[key] = value
+    values["hparams"] = hparams
+    return values

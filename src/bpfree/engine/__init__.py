@@ -1,0 +1,6 @@
+"""Trainer, evaluation, early stopping, checkpoints, seeding and run directories."""
+
+from bpfree.engine.result import RunResult
+from bpfree.engine.trainer import RunInterrupted, Trainer, evaluate, train
+
+__all__ = ["RunInterrupted", "RunResult", "Trainer", "evaluate", "train"]

@@ -1,0 +1,42 @@
+"""Atomic file writes: a reader never sees a half-written JSON or checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _atomic(path: Path, write: Any, mode: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    _atomic(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=False) + "\n"), "w")
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda f: f.write(text), "w")
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    _atomic(path, lambda f: torch.save(obj, f), "wb")
+
+
+def read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
