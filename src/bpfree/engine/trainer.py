@@ -20,7 +20,7 @@ import json
 import math
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,12 +111,22 @@ class Trainer:
         resume: bool = False,
         progress: bool | None = None,
         data: DataBundle | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        evaluate_test: bool = True,
     ) -> None:
+        """``on_epoch(record)`` observes each epoch's metrics record, outside the timed windows
+        (it may raise to stop the run, e.g. a pruned tuning trial; it never changes training).
+        ``evaluate_test=False`` skips the final test evaluation: tuning trials must not see the
+        test set. ``self.cost`` holds the cost readings accumulated so far, also after a hook
+        raised."""
         self.config = config
         self.out = Path(out) if out is not None else None
         self.resume = resume
         self.progress = progress
         self.data = data
+        self.on_epoch = on_epoch
+        self.evaluate_test = evaluate_test
+        self.cost: dict[str, Reading] = {}
 
     # ---- run directory ----------------------------------------------------------------------
     def _check_run_dir(self) -> dict[str, Any] | None:
@@ -192,6 +202,7 @@ class Trainer:
         batches = generator(cfg.seed, "batches")  # CPU: permutations are drawn on the host
         train_meters, eval_meters = build_meters(device)
         cost: dict[str, Reading] = {}
+        self.cost = cost  # live: a hook that stops the run still leaves what was spent
         history: list[dict[str, Any]] = []
         phases = rule.phases()
         phase_i, epoch_in_phase, best = 0, 0, None
@@ -205,6 +216,7 @@ class Trainer:
                                      if rule.generator.device.type != "cpu"
                                      else ckpt["rule_generator"])
             cost = {k: Reading.from_dict(v) for k, v in ckpt["cost"].items()}
+            self.cost = cost
             history = ckpt["history"]
             phase_i, epoch_in_phase, best = ckpt["phase"], ckpt["epoch_in_phase"], ckpt["best"]
             stopper = EarlyStopping(**ckpt["early_stopping"])
@@ -271,6 +283,8 @@ class Trainer:
                         if self.out is not None:  # after the checkpoint: resume rewrites it
                             with open(self.out / "metrics.jsonl", "a") as f:
                                 f.write(json.dumps(record) + "\n")
+                        if self.on_epoch is not None:
+                            self.on_epoch(record)
                 if status != "completed":
                     break
                 if best is not None:
@@ -290,7 +304,7 @@ class Trainer:
             ) from None
 
         test = None
-        if status == "completed":
+        if status == "completed" and self.evaluate_test:
             for m in eval_meters:
                 m.start()
             test = evaluate(rule, data.test_x, data.test_y, cfg.eval_batch_size)
