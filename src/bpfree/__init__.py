@@ -11,12 +11,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from bpfree.config import TrainConfig  # noqa: E402
-from bpfree.data import DATASETS, load_dataset  # noqa: E402
-from bpfree.engine import RunResult, train  # noqa: E402
-from bpfree.errors import BpfreeError, ConfigError, DataError  # noqa: E402
-from bpfree.models import MODELS, create_model  # noqa: E402
-from bpfree.rules import RULES, create_rule  # noqa: E402
+from bpfree.config import TrainConfig
+from bpfree.data import DATASETS, load_dataset
+from bpfree.engine import RunResult, train
+from bpfree.errors import BpfreeError, ConfigError, DataError
+from bpfree.models import MODELS, create_model
+from bpfree.rules import RULES, create_rule
 
 
 def list_rules() -> list[str]:

@@ -63,7 +63,13 @@ DATASETS: Registry[DatasetSpec] = Registry("dataset")
 DATASETS.register(
     "mnist",
     DatasetSpec(
-        "mnist", "MNIST handwritten digits", 10, (1, 28, 28), "idx", (0.1307,), (0.3081,),
+        "mnist",
+        "MNIST handwritten digits",
+        10,
+        (1, 28, 28),
+        "idx",
+        (0.1307,),
+        (0.3081,),
         remote=_idx_files(
             (
                 "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -83,7 +89,13 @@ DATASETS.register(
 DATASETS.register(
     "fashion_mnist",
     DatasetSpec(
-        "fashion_mnist", "Fashion-MNIST (Zalando)", 10, (1, 28, 28), "idx", (0.2860,), (0.3530,),
+        "fashion_mnist",
+        "Fashion-MNIST (Zalando)",
+        10,
+        (1, 28, 28),
+        "idx",
+        (0.2860,),
+        (0.3530,),
         remote=_idx_files(
             ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
             {
@@ -100,8 +112,13 @@ DATASETS.register(
 DATASETS.register(
     "cifar10",
     DatasetSpec(
-        "cifar10", "CIFAR-10", 10, (3, 32, 32), "cifar10",
-        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+        "cifar10",
+        "CIFAR-10",
+        10,
+        (3, 32, 32),
+        "cifar10",
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
         remote=(
             RemoteFile(
                 "cifar-10-python.tar.gz",
@@ -115,8 +132,13 @@ DATASETS.register(
 DATASETS.register(
     "cifar100",
     DatasetSpec(
-        "cifar100", "CIFAR-100 (fine labels)", 100, (3, 32, 32), "cifar100",
-        (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+        "cifar100",
+        "CIFAR-100 (fine labels)",
+        100,
+        (3, 32, 32),
+        "cifar100",
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
         remote=(
             RemoteFile(
                 "cifar-100-python.tar.gz",
@@ -130,9 +152,14 @@ DATASETS.register(
 DATASETS.register(
     "digits",
     DatasetSpec(
-        "digits", "scikit-learn 8x8 digits (bundled)", 10, (1, 8, 8), "builtin",
+        "digits",
+        "scikit-learn 8x8 digits (bundled)",
+        10,
+        (1, 8, 8),
+        "builtin",
         # Mean and std of all 1797 images on the [0, 1] scale (pixel / 16).
-        (0.3053,), (0.3760,),
+        (0.3053,),
+        (0.3760,),
         note="ships inside scikit-learn; first 1500 images train, last 297 test",
     ),
 )
@@ -258,7 +285,9 @@ def read_raw(
                     f"{files[part + '_labels']} has {len(y)} labels"
                 )
             if y.size and (y.min() < 0 or y.max() >= spec.num_classes):
-                raise DataError(f"{files[part + '_labels']}: labels outside 0..{spec.num_classes - 1}")
+                raise DataError(
+                    f"{files[part + '_labels']}: labels outside 0..{spec.num_classes - 1}"
+                )
         return (
             arrays["train_images"][:, None].astype(np.uint8),
             arrays["train_labels"].astype(np.int64),
@@ -268,11 +297,15 @@ def read_raw(
     folder = _CIFAR[spec.kind][0]
     archive = CifarArchive(where, folder)
     if spec.kind == "cifar10":
-        parts = [load_cifar_batch(archive.read(f"data_batch_{i}"), f"{where}:data_batch_{i}", "labels")
-                 for i in range(1, 6)]
+        parts = [
+            load_cifar_batch(archive.read(f"data_batch_{i}"), f"{where}:data_batch_{i}", "labels")
+            for i in range(1, 6)
+        ]
         train_x = np.concatenate([p[0] for p in parts])
         train_y = np.concatenate([p[1] for p in parts])
-        test_x, test_y = load_cifar_batch(archive.read("test_batch"), f"{where}:test_batch", "labels")
+        test_x, test_y = load_cifar_batch(
+            archive.read("test_batch"), f"{where}:test_batch", "labels"
+        )
     else:
         train_x, train_y = load_cifar_batch(archive.read("train"), f"{where}:train", "fine_labels")
         test_x, test_y = load_cifar_batch(archive.read("test"), f"{where}:test", "fine_labels")

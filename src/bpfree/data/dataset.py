@@ -41,7 +41,7 @@ class DataBundle:
 
 def split_indices(n: int, val_fraction: float, data_seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A fixed (train, val) index split of ``range(n)`` that depends only on ``data_seed``."""
-    n_val = int(round(n * val_fraction))
+    n_val = round(n * val_fraction)
     perm = np.random.default_rng(data_seed).permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 

@@ -8,6 +8,7 @@ complete. A file already present with the right checksum is not downloaded again
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import urllib.error
@@ -15,8 +16,8 @@ import urllib.request
 from pathlib import Path
 
 from bpfree.data.catalog import DatasetSpec, RemoteFile, default_fetch_dir
-from bpfree.progress import progress_bar
 from bpfree.errors import DataError
+from bpfree.progress import progress_bar
 
 CHUNK = 1 << 20
 
@@ -33,8 +34,9 @@ def _download(url: str, part: Path, timeout: float, quiet: bool) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "bpfree"})
     with urllib.request.urlopen(request, timeout=timeout) as response, open(part, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
-        with progress_bar(total=total, desc=part.name.removesuffix(".part"), unit="B",
-                          disable=quiet) as bar:
+        with progress_bar(
+            total=total, desc=part.name.removesuffix(".part"), unit="B", disable=quiet
+        ) as bar:
             while block := response.read(CHUNK):
                 out.write(block)
                 bar.update(len(block))
@@ -61,7 +63,7 @@ def fetch_file(
     for url in urls:
         try:
             _download(url, part, timeout, quiet)
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
             part.unlink(missing_ok=True)
             continue

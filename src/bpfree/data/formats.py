@@ -10,6 +10,7 @@ import gzip
 import io
 import pickle
 import tarfile
+import typing
 import zlib
 from pathlib import Path
 
@@ -53,17 +54,22 @@ def read_idx(path: Path, expected_ndim: int | None = None) -> np.ndarray:
             f"{path}: wrong length: header declares shape {shape} ({expected} bytes), "
             f"file has {len(data)} bytes (truncated or corrupt)"
         )
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    return (
+        np.frombuffer(data, dtype=dtype, offset=header)
+        .reshape(shape)
+        .astype(dtype.newbyteorder("="))
+    )
 
 
 class _CifarUnpickler(pickle.Unpickler):
     """Unpickles only what CIFAR batches contain: builtins and plain numpy arrays."""
 
-    _ALLOWED = {
+    _ALLOWED: typing.ClassVar[set[tuple[str, str]]] = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol-2 pickles spell bytes; harmless
     }
 
     def find_class(self, module: str, name: str) -> object:

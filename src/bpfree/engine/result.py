@@ -42,10 +42,18 @@ class RunResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any], run_dir: Path | None = None) -> RunResult:
         return cls(
-            status=data["status"], rule=data["rule"], model=data["model"],
-            dataset=data["dataset"], seed=data["seed"], metrics=data["metrics"],
-            cost=data["cost"], config=data["config"], rule_info=data.get("rule_info", {}),
-            data=data.get("data", {}), reason=data.get("reason", ""), run_dir=run_dir,
+            status=data["status"],
+            rule=data["rule"],
+            model=data["model"],
+            dataset=data["dataset"],
+            seed=data["seed"],
+            metrics=data["metrics"],
+            cost=data["cost"],
+            config=data["config"],
+            rule_info=data.get("rule_info", {}),
+            data=data.get("data", {}),
+            reason=data.get("reason", ""),
+            run_dir=run_dir,
         )
 
     @property

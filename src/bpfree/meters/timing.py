@@ -54,7 +54,9 @@ class CpuTimer:
     def stop(self) -> Reading:
         synchronize(self.device)
         return Reading(
-            time.process_time() - self._t0, "s", "time.process_time",
+            time.process_time() - self._t0,
+            "s",
+            "time.process_time",
             "CPU seconds of all threads of the training process",
         )
 

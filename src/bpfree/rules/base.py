@@ -79,8 +79,9 @@ class Hparams:
         for key, value in values.items():
             if key not in names:
                 where = f" for rule {rule!r}" if rule else ""
+                hint = suggest(key, names)
                 raise ConfigError(
-                    f"unknown setting {key!r}{where}{suggest(key, names)}; valid: {', '.join(names)}"
+                    f"unknown setting {key!r}{where}{hint}; valid: {', '.join(names)}"
                 )
             kwargs[key] = _coerce(key, value, hints[key])
         hp = cls(**kwargs)
@@ -166,6 +167,8 @@ class Phase:
 
     name: str
     index: int = 0
+    max_epochs: int | None = None  # the phase's own epoch cap (e.g. 1 for a closed-form solve);
+    # the run's epoch cap still applies: the phase runs min(max_epochs, config epochs) at most
 
 
 class Rule(ABC):
@@ -218,7 +221,7 @@ class Rule(ABC):
 
     @abstractmethod
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, C) for inputs x; a sample's output must not depend on the rest of the batch."""
+        """Logits (B, C) for x; a sample's output must not depend on the rest of its batch."""
 
     def train(self) -> None:
         self.modules.train()

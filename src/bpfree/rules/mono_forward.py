@@ -90,8 +90,10 @@ class MonoForward(Rule):
         if self.hp.schedule == "sequential":
             assert self.model is not None
             self.active = phase.index
-            layer = [*self.model.blocks[phase.index].parameters(),
-                     *self.projections[phase.index].parameters()]
+            layer = [
+                *self.model.blocks[phase.index].parameters(),
+                *self.projections[phase.index].parameters(),
+            ]
             self.opt = self._optimizer(layer)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
