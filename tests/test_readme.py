@@ -1,0 +1,60 @@
+"""Keep the README true: every `bpfree` and benchmark command in it runs.
+
+`make demo` and `make test` are run by CI (.ci/run). Benchmark commands are long; they run here
+with cheap overrides appended (argparse keeps the last value of a repeated option), in a
+temporary folder so committed results are not overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bpfree.data import DATASETS, locate
+
+ROOT = Path(__file__).resolve().parents[1]
+CHEAP = {
+    "benchmarks/seeds.py": ["--seeds", "0", "--epochs", "1", "--train-samples", "600"],
+    "benchmarks/throughput.py": ["--quick"],
+}
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```console\n(.*?)```", text, flags=re.S)
+    commands = []
+    for block in blocks:
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                commands.append(line[2:].split("  #")[0].strip())
+    return commands
+
+
+def test_readme_has_the_two_command_quick_start() -> None:
+    commands = readme_commands()
+    assert commands[:2] == ["make demo", "make test"]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci and "make demo" in ci
+
+
+@pytest.mark.parametrize("command", [c for c in readme_commands() if not c.startswith("make ")])
+def test_readme_command_runs(command: str, tmp_path: Path) -> None:
+    if "fashion_mnist" in command and locate(DATASETS.get("fashion_mnist"))[0] is None:
+        pytest.skip("Fashion-MNIST not installed here (apt-get install dataset-fashion-mnist)")
+    argv = shlex.split(command)
+    if argv[0] == "bpfree":
+        argv = [sys.executable, "-m", "bpfree", *argv[1:]]
+    elif argv[0] == "python":
+        script = argv[1]
+        argv = [sys.executable, str(ROOT / script), *argv[2:], *CHEAP.get(script, [])]
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    env = {**os.environ, "CI": "true"}
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip(), "a README command should print something"
