@@ -33,6 +33,11 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--out", help="run directory (default runs/<rule>-<model>-<dataset>-s<seed>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--grid-intensity", type=float, metavar="G",
+                   help="grid carbon intensity in gCO2e/kWh for `carbon` (default: --country, "
+                        "else the world average 475)")
+    p.add_argument("--country", metavar="CODE",
+                   help="country code (e.g. FRA or FR) whose grid intensity to use for `carbon`")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -44,6 +49,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "rule": args.rule, "model": args.model, "dataset": args.dataset, "epochs": args.epochs,
         "seed": args.seed, "patience": args.patience, "train_samples": args.train_samples,
         "data_dir": args.data_dir, "device": args.device,
+        "grid_intensity": args.grid_intensity, "country": args.country,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     config = TrainConfig.build(apply_sets(values, args.set))
@@ -105,6 +111,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_env(args: argparse.Namespace) -> int:
+    from bpfree.engine.environment import resolve_device
+    from bpfree.meters.check import env_report, format_env
+
+    print(format_env(env_report(resolve_device(args.device), refresh=args.refresh)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bpfree import __version__
 
@@ -115,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     sub.add_parser("list", help="rules (with their properties), models and datasets")
+    env = sub.add_parser("env", help="hardware, versions, matmul peak, and which meters work here")
+    env.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    env.add_argument("--refresh", action="store_true", help="remeasure the cached matmul peak")
     data = sub.add_parser("data", help="list or fetch datasets")
     data_sub = data.add_subparsers(dest="data_cmd", required=True)
     dl = data_sub.add_parser("list", help="where each dataset was found, or how to get it")
@@ -128,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": _cmd_train, "list": _cmd_list, "data": _cmd_data}
+COMMANDS = {"train": _cmd_train, "list": _cmd_list, "data": _cmd_data, "env": _cmd_env}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

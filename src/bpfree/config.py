@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from bpfree.data import DATASETS
 from bpfree.errors import ConfigError, suggest
+from bpfree.meters.carbon import resolve_intensity
 from bpfree.models import MODELS, model_family
 from bpfree.rules import RULES, create_rule
 from bpfree.rules.base import _coerce, parse_value
@@ -36,6 +37,10 @@ class TrainConfig:
     eval_batch_size: int = 1000
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data_dir: str | None = None
+    grid_intensity: float | None = None  # gCO2e/kWh for `carbon`; else `country`, else 475
+    country: str | None = None  # ISO code looked up in bpfree.meters.carbon.COUNTRY_INTENSITY
+    estimate_energy: bool = False  # also record a CodeCarbon estimate (labelled estimate:...)
+    meters: bool = True  # False: wall time only (for measuring the meters' own overhead)
     hparams: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,6 +68,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        resolve_intensity(self.grid_intensity, self.country)  # unknown country: error now
         # Resolve hyperparameters now so bad ones fail before any data is loaded.
         object.__setattr__(self, "hparams", create_rule(self.rule, self.hparams).hp.to_dict())
 

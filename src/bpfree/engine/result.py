@@ -74,6 +74,13 @@ class RunResult:
             f" (best epoch {m.get('best_epoch')}, {m.get('epochs_trained')} epochs trained)",
             f"  train time {format_reading(self.cost.get('train_wall_time'))}, "
             f"eval time {format_reading(self.cost.get('eval_wall_time'))}",
+            f"  train FLOPs {format_reading(self.cost.get('train_flops'))} "
+            f"({format_reading(self.cost.get('train_flops_per_s'))}), "
+            f"peak tensor memory {format_reading(self.cost.get('peak_tensor_memory'))}, "
+            f"peak RSS delta {format_reading(self.cost.get('peak_rss_delta'))}",
+            f"  energy CPU {format_reading(self.cost.get('cpu_energy'))}, "
+            f"GPU {format_reading(self.cost.get('gpu_energy'))}, "
+            f"carbon {format_reading(self.cost.get('carbon'))}",
         ]
         if self.run_dir is not None:
             lines.append(f"  run directory: {self.run_dir}")

@@ -36,7 +36,8 @@ from bpfree.progress import progress_bar
 from bpfree.engine.result import RunResult
 from bpfree.engine.seeding import derive_seed, generator
 from bpfree.errors import BpfreeError, ConfigError
-from bpfree.meters import CpuTimer, Meter, Reading, WallTimer
+from bpfree.meters import Meter, Reading
+from bpfree.meters.suite import MeterSuite
 from bpfree.models import create_model
 from bpfree.rules import Batch, Rule, create_rule
 
@@ -64,13 +65,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def build_meters(device: torch.device) -> tuple[list[Meter], list[Meter]]:
-    """The meters of the training windows and of the evaluation windows."""
-    train: list[Meter] = [WallTimer("train_wall_time", device), CpuTimer("train_cpu_time", device)]
-    evaluation: list[Meter] = [WallTimer("eval_wall_time", device)]
-    return train, evaluation
 
 
 @torch.no_grad()
@@ -127,6 +121,7 @@ class Trainer:
         self.on_epoch = on_epoch
         self.evaluate_test = evaluate_test
         self.cost: dict[str, Reading] = {}
+        self._suite: MeterSuite | None = None
 
     # ---- run directory ----------------------------------------------------------------------
     def _check_run_dir(self) -> dict[str, Any] | None:
@@ -200,7 +195,8 @@ class Trainer:
         cfg = self.config
         hp_batch = rule.hp.batch_size
         batches = generator(cfg.seed, "batches")  # CPU: permutations are drawn on the host
-        train_meters, eval_meters = build_meters(device)
+        suite = self._suite = MeterSuite(cfg, device, data)  # before training: baselines
+        train_meters, eval_meters = suite.train, suite.evaluation
         cost: dict[str, Reading] = {}
         self.cost = cost  # live: a hook that stops the run still leaves what was spent
         history: list[dict[str, Any]] = []
@@ -250,6 +246,7 @@ class Trainer:
                         loss_sum, steps = self._train_epoch(rule, data, batches, hp_batch, device)
                         readings = [m.stop() for m in reversed(train_meters)][::-1]
                         accumulate(train_meters, readings)
+                        suite.after_train(cost, rule, phase_i)  # FLOPs: outside the window
                         train_loss = (loss_sum / steps).item()
                         epoch_in_phase += 1
                         epoch = len(history) + 1
@@ -264,6 +261,7 @@ class Trainer:
                                                      cfg.eval_batch_size)
                         eval_readings = [m.stop() for m in eval_meters]
                         accumulate(eval_meters, eval_readings)
+                        suite.after_eval(cost, rule, phase_i, int(data.val_x.shape[0]))
                         value = val_acc if cfg.monitor == "val_accuracy" else val_loss
                         improved = stopper.update(value, epoch)
                         if improved:
@@ -272,8 +270,8 @@ class Trainer:
                             "epoch": epoch, "phase": phase.name, "epoch_in_phase": epoch_in_phase,
                             "train_loss": train_loss, "val_accuracy": val_acc, "val_loss": val_loss,
                             "improved": improved,
-                            "train_wall_time_s": readings[0].value,
-                            "eval_wall_time_s": eval_readings[0].value,
+                            "train_wall_time_s": readings[-1].value,  # the wall timer is last
+                            "eval_wall_time_s": eval_readings[-1].value,
                         }
                         history.append(record)
                         bar.update(1)
@@ -309,6 +307,7 @@ class Trainer:
                 m.start()
             test = evaluate(rule, data.test_x, data.test_y, cfg.eval_batch_size)
             accumulate(eval_meters, [m.stop() for m in eval_meters])
+            suite.after_eval(cost, rule, len(phases) - 1, int(data.test_x.shape[0]))
         result = self._result(rule, data, status, reason, cost, history, stopper, test)
         if self.out is not None:
             if status == "completed":
@@ -357,6 +356,8 @@ class Trainer:
         history: list[dict[str, Any]], stopper: EarlyStopping, test: tuple[float, float] | None,
     ) -> RunResult:
         cfg = self.config
+        if self._suite is not None:  # derived totals; null + reason for anything unmeasured
+            cost = self._suite.finish(cost)
         best_epoch = stopper.best_epoch if stopper.best_epoch > 0 else None
         best_record = next((h for h in history if h["epoch"] == best_epoch), None)
         phases: dict[str, dict[str, Any]] = {}
