@@ -1,0 +1,15 @@
+"""Fair comparisons: each rule on its native network beside backprop on the same network."""
+
+from bpfree.compare.plan import NATIVE, Entry, PlannedRun, build_plan, native_model, parse_entries
+from bpfree.compare.runner import Comparison, compare
+
+__all__ = [
+    "NATIVE",
+    "Comparison",
+    "Entry",
+    "PlannedRun",
+    "build_plan",
+    "compare",
+    "native_model",
+    "parse_entries",
+]

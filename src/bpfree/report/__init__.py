@@ -1,0 +1,44 @@
+"""``bpfree report DIR``: tables (Markdown, CSV, LaTeX), plots and a self-contained HTML page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bpfree.engine.io import write_text
+from bpfree.report.collect import first_env, load_comparison
+from bpfree.report.tables import build_rows, csv_text, latex, markdown
+
+
+def write_report(path: str | Path, *, plots: bool = True) -> str:
+    """Write ``table.md``, ``table.csv``, ``table.tex``, figures and ``report.html`` into
+    ``<path>/report``; return the Markdown table."""
+    root = Path(path)
+    manifest, groups = load_comparison(root)
+    rows = build_rows(groups)
+    out = root / "report"
+    table = markdown(rows)
+    write_text(out / "table.md", table)
+    write_text(out / "table.csv", csv_text(rows))
+    write_text(out / "table.tex", latex(rows))
+    figures: dict[str, bytes] = {}
+    if plots:
+        from bpfree.report.plots import all_figures
+
+        figures = all_figures(rows, groups)
+        for name, png in figures.items():
+            (out / f"{name}.png").write_bytes(png)
+    sources: dict[str, set[str]] = {}
+    for g in groups.values():
+        for r in g.completed().values():
+            for name, reading in r.get("cost", {}).items():
+                sources.setdefault(name, set()).add(str(reading.get("source")))
+    from bpfree.report.html import render
+
+    write_text(
+        out / "report.html",
+        render(manifest, first_env(root, manifest), groups, rows, figures, sources),
+    )
+    return table
+
+
+__all__ = ["write_report"]

@@ -1,0 +1,71 @@
+"""Read a comparison directory back: its manifest, each run's result and per-epoch metrics."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bpfree.engine.io import read_json
+from bpfree.errors import ConfigError
+
+COST_COLUMNS = ("train_wall_time", "gpu_energy", "cpu_energy", "peak_tensor_memory", "train_flops")
+
+
+@dataclass
+class Group:
+    """All seeds of one label (a rule variant, or a backprop twin ``bp@<model>``)."""
+
+    label: str
+    rule: str
+    model: str
+    twin: str | None  # label of its backprop twin; None for a twin itself
+    runs: dict[int, dict[str, Any]] = field(default_factory=dict)  # seed -> result.json
+    history: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # seed -> epochs
+
+    def completed(self) -> dict[int, dict[str, Any]]:
+        return {s: r for s, r in self.runs.items() if r.get("status") == "completed"}
+
+    def values(self, metric: str) -> dict[int, float]:
+        return {
+            s: r["metrics"][metric]
+            for s, r in self.completed().items()
+            if r["metrics"].get(metric) is not None
+        }
+
+    def cost(self, name: str) -> dict[int, dict[str, Any]]:
+        return {s: r["cost"][name] for s, r in self.completed().items() if name in r["cost"]}
+
+
+def load_comparison(path: str | Path) -> tuple[dict[str, Any], dict[str, Group]]:
+    root = Path(path)
+    manifest_path = root / "compare.json"
+    if not manifest_path.exists():
+        raise ConfigError(
+            f"{root} is not a comparison directory (no compare.json); "
+            "make one with `bpfree compare`"
+        )
+    manifest = read_json(manifest_path)
+    groups: dict[str, Group] = {}
+    for e in manifest["entries"]:
+        groups[e["label"]] = Group(e["label"], e["rule"], e["model"], e["twin"])
+        groups.setdefault(e["twin"], Group(e["twin"], "bp", e["model"], None))
+    for run in manifest["runs"]:
+        run_dir = root / "runs" / run["key"]
+        group = groups[run["label"]]
+        seed = run["config"]["seed"]
+        if (run_dir / "result.json").exists():
+            group.runs[seed] = read_json(run_dir / "result.json")
+        if (run_dir / "metrics.jsonl").exists():
+            lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+            group.history[seed] = [json.loads(x) for x in lines if x.strip()]
+    return manifest, groups
+
+
+def first_env(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    for run in manifest["runs"]:
+        env = root / "runs" / run["key"] / "env.json"
+        if env.exists():
+            return read_json(env)
+    return {}

@@ -1,0 +1,129 @@
+"""``report.html``: one self-contained file (images embedded) a reader can trust."""
+
+from __future__ import annotations
+
+import base64
+import html
+from typing import Any
+
+from bpfree.report.collect import Group
+from bpfree.report.tables import HEADERS, Row, cells
+
+CAPTIONS = {
+    "accuracy_vs_time": "Test accuracy against training wall time, with the Pareto front.",
+    "accuracy_vs_energy": "Test accuracy against measured energy (hardware counters only).",
+    "accuracy_vs_flops": "Test accuracy against counted training FLOPs.",
+    "learning_curves": "Validation accuracy per epoch and against cumulative training time.",
+    "peak_memory": "Peak bytes of live tensors during training.",
+}
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:0.85em;margin:1em 0}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f3f3f3} tr.twin td{color:#555} figure{margin:1.5em 0}
+img{max-width:100%} code{background:#f3f3f3;padding:1px 3px}
+dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px} dt{font-weight:bold}
+"""
+
+
+def _provenance(
+    manifest: dict[str, Any],
+    env: dict[str, Any],
+    groups: dict[str, Group],
+    sources: dict[str, set[str]],
+) -> str:
+    cfg = manifest["runs"][0]["config"] if manifest["runs"] else {}
+    budget = {
+        k: cfg.get(k)
+        for k in (
+            "epochs",
+            "patience",
+            "min_delta",
+            "monitor",
+            "val_fraction",
+            "data_seed",
+            "train_samples",
+        )
+    }
+    items = {
+        "dataset": manifest.get("dataset"),
+        "seeds": ", ".join(map(str, manifest.get("seeds", []))),
+        "budget (same for every run)": ", ".join(f"{k}={v}" for k, v in budget.items()),
+        "hardware": f"{env.get('cpu')} ({env.get('cpu_count')} cores)"
+        + (f", GPU {env['gpu']}" if env.get("gpu") else ""),
+        "device": env.get("device"),
+        "versions": f"bpfree {env.get('bpfree')}, torch {env.get('torch')}, "
+        f"Python {env.get('python')}, numpy {env.get('numpy')}",
+        "git SHA": env.get("git_sha") or "unknown",
+        "runs": f"{sum(len(g.runs) for g in groups.values())} "
+        f"({sum(len(g.completed()) for g in groups.values())} completed)",
+    }
+    rows = "".join(
+        f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items.items()
+    )
+    measured = sorted(
+        k
+        for k, s in sources.items()
+        if any(not x.startswith(("unavailable", "estimate")) for x in s)
+    )
+    estimated = sorted(k for k, s in sources.items() if any(x.startswith("estimate") for x in s))
+    missing = {
+        k: sorted(x for x in s if x.startswith("unavailable"))
+        for k, s in sources.items()
+        if all(x.startswith("unavailable") for x in s)
+    }
+    meas = "".join(
+        f"<li><code>{html.escape(k)}</code>: {html.escape(', '.join(sorted(sources[k])))}</li>"
+        for k in measured
+    )
+    est = ", ".join(f"<code>{html.escape(k)}</code>" for k in estimated) or "none"
+    una = (
+        "".join(
+            f"<li><code>{html.escape(k)}</code>: {html.escape(', '.join(v))}</li>"
+            for k, v in sorted(missing.items())
+        )
+        or "<li>none</li>"
+    )
+    return (
+        f"<h2>Provenance</h2><dl>{rows}</dl><h3>Measured (with source)</h3><ul>{meas}</ul>"
+        f"<h3>Estimated</h3><p>{est}</p><h3>Unavailable (with reason)</h3><ul>{una}</ul>"
+    )
+
+
+def render(
+    manifest: dict[str, Any],
+    env: dict[str, Any],
+    groups: dict[str, Group],
+    rows: list[Row],
+    figures: dict[str, bytes],
+    sources: dict[str, set[str]],
+) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
+    body = "".join(
+        f'<tr class="{"twin" if r.is_twin else "rule"}">'
+        + "".join(f"<td>{html.escape(c)}</td>" for c in cells(r))
+        + "</tr>"
+        for r in rows
+    )
+    figs = "".join(
+        f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
+        f'{base64.b64encode(png).decode()}"><figcaption>{html.escape(CAPTIONS[name])}'
+        "</figcaption></figure>"
+        for name, png in figures.items()
+    )
+    title = f"bpfree comparison — {manifest.get('dataset')}"
+    note = (
+        "Each rule is trained on its native network; backprop (<code>bp@model</code>) "
+        "trains the same network with the same split, seeds, epoch cap and stopping rule. "
+        "Δ is the paired difference in test accuracy to that backprop twin (same seeds), "
+        "with a 95% t-interval. <code>n/a</code> means not measured, never zero."
+    )
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{note}</p>"
+        f'<table id="results"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        f"<h2>Figures</h2>{figs}"
+        f"{_provenance(manifest, env, groups, sources)}</body></html>\n"
+    )

@@ -1,0 +1,118 @@
+"""Report figures (matplotlib, Agg backend: no display needed). Each returns PNG bytes or None."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from bpfree.report.collect import Group
+from bpfree.report.tables import Row
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points (cost, accuracy) not dominated by a cheaper-or-equal, more-accurate one."""
+    front, best = [], float("-inf")
+    for cost, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if acc > best:
+            front.append((cost, acc))
+            best = acc
+    return front
+
+
+def accuracy_vs_cost(rows: list[Row], attr: str, xlabel: str, scale: float = 1.0) -> bytes | None:
+    pts = [
+        (getattr(r, attr) / scale, r.acc_mean, r.acc_std or 0.0, r.label)
+        for r in rows
+        if getattr(r, attr) is not None and r.acc_mean is not None
+    ]
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for x, y, err, label in pts:
+        ax.errorbar(
+            x, y, yerr=err, fmt="o", capsize=3, color="gray" if label.startswith("bp@") else None
+        )
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    front = pareto_front([(x, y) for x, y, _, _ in pts])
+    ax.plot(
+        [p[0] for p in front],
+        [p[1] for p in front],
+        "--",
+        color="black",
+        lw=1,
+        label="Pareto front",
+    )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy % (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def learning_curves(groups: dict[str, Group]) -> bytes | None:
+    if not any(g.history for g in groups.values()):
+        return None
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, g in enumerate(groups.values()):
+        color = colors[i % len(colors)]
+        for j, (_, hist) in enumerate(sorted(g.history.items())):
+            if not hist:
+                continue
+            acc = [100 * h["val_accuracy"] for h in hist]
+            t, total = [], 0.0
+            for h in hist:
+                total += h.get("train_wall_time_s") or 0.0
+                t.append(total)
+            kw = {"color": color, "alpha": 0.8, "label": g.label if j == 0 else None}
+            a1.plot([h["epoch"] for h in hist], acc, **kw)
+            a2.plot(t, acc, **kw)
+    a1.set_xlabel("epoch")
+    a2.set_xlabel("cumulative training time (s)")
+    a1.set_ylabel("validation accuracy %")
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+    a1.legend(fontsize=8)
+    return _png(fig)
+
+
+def peak_memory(rows: list[Row]) -> bytes | None:
+    pts = [(r.label, r.peak_tensor_bytes / 2**20) for r in rows if r.peak_tensor_bytes]
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(pts)))
+    ax.barh([p[0] for p in pts], [p[1] for p in pts], color="#4c72b0")
+    ax.set_xlabel("peak live tensor memory during training (MiB)")
+    ax.invert_yaxis()
+    ax.grid(alpha=0.3, axis="x")
+    return _png(fig)
+
+
+def all_figures(rows: list[Row], groups: dict[str, Group]) -> dict[str, bytes]:
+    figs = {
+        "accuracy_vs_time": accuracy_vs_cost(rows, "train_time_s", "training time (s)"),
+        "accuracy_vs_energy": accuracy_vs_cost(rows, "energy_j", "measured energy (J)"),
+        "accuracy_vs_flops": accuracy_vs_cost(rows, "train_flops", "training FLOPs (x1e12)", 1e12),
+        "learning_curves": learning_curves(groups),
+        "peak_memory": peak_memory(rows),
+    }
+    return {k: v for k, v in figs.items() if v is not None}
