@@ -12,6 +12,7 @@ from bpfree.config import TrainConfig
 from bpfree.data import DATASETS, DataBundle
 from bpfree.engine import Trainer
 from bpfree.meters.flops import count_flops
+from bpfree.rules.base import Batch, Hparams, Phase, Rule, RuleInfo
 
 D, H, C = 784, 1000, 10  # mlp_2x1000 on 28x28 inputs, 10 classes
 N_TRAIN, N_VAL, N_TEST = 300, 40, 30  # 300 = 2 x 128 + a partial batch of 44
@@ -122,3 +123,55 @@ def test_flop_buckets() -> None:
         with torch.no_grad():
             lin.weight.sub_(0.1 * (y.T @ x))  # hand-written update: 2*5*4*10
     assert (c.forward, c.backward, c.update) == (400, 400, 400)
+
+
+class OneOffRule(Rule):
+    """A toy rule with one-off work: a begin_phase product and a solve at the first step."""
+
+    info = RuleInfo("oneoff", "toy", "-", "none", False, False, 1, ("mlp",))
+    Hparams = Hparams
+
+    def build(self) -> None:
+        self.head = torch.nn.Linear(D, C, bias=False)
+        self.modules["head"] = self.head
+        self.solved = False
+
+    def begin_phase(self, phase: Phase, train_x: torch.Tensor, train_y: torch.Tensor) -> None:
+        self.gram = train_x.flatten(1).T @ train_x.flatten(1)  # (D, D): 2 N D^2, once
+
+    def train_step(self, batch: Batch) -> torch.Tensor:
+        x = batch.x.flatten(1)
+        with torch.no_grad():
+            if not self.solved:
+                self.head.weight.copy_((self.gram @ torch.ones(D, C)).T)  # 2 D^2 C, once
+                self.solved = True
+            return self.head(x).sum()  # 2 B D C per step
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.flatten(1))
+
+
+def test_one_off_work_is_counted_once() -> None:
+    from bpfree.meters.suite import MeterSuite
+    from bpfree.models import create_model
+
+    data = synthetic_mnist()
+    rule = OneOffRule(Hparams())
+    rule.setup(
+        create_model("mlp_1x8", (1, 28, 28)),
+        C,
+        torch.device("cpu"),
+        torch.Generator().manual_seed(0),
+    )
+    cfg = TrainConfig.build({"rule": "bp", "model": "mlp_1x8", "dataset": "mnist"})
+    suite = MeterSuite(cfg, torch.device("cpu"), data)
+    cost: dict[str, Any] = {}
+    suite.before_phase(rule, 0, Phase("train"))
+    assert not rule.solved and not hasattr(rule, "gram")  # probes ran on copies
+    suite.after_train(cost, rule, 0, first_epoch=True)
+    first = cost["train_flops_forward"].value + cost["train_flops_backward"].value
+    assert first == 2 * N_TRAIN * D * D + 2 * D * D * C + 2 * N_TRAIN * D * C
+    suite.after_train(cost, rule, 0, first_epoch=False)
+    total = cost["train_flops_forward"].value + cost["train_flops_backward"].value
+    assert total - first == 2 * N_TRAIN * D * C
+    assert cost["train_flops_forward"].value == 2 * 2 * N_TRAIN * D * C  # the head calls

@@ -246,7 +246,7 @@ class Trainer:
                         loss_sum, steps = self._train_epoch(rule, data, batches, hp_batch, device)
                         readings = [m.stop() for m in reversed(train_meters)][::-1]
                         accumulate(train_meters, readings)
-                        suite.after_train(cost, rule, phase_i)  # FLOPs: outside the window
+                        suite.after_train(cost, rule, phase_i, first_epoch=epoch_in_phase == 0)
                         train_loss = (loss_sum / steps).item()
                         epoch_in_phase += 1
                         epoch = len(history) + 1

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,7 +30,7 @@ from bpfree.meters.base import Meter, Reading, add, peak
 from bpfree.meters.carbon import carbon_estimate_from, carbon_from, resolve_intensity
 from bpfree.meters.energy import NvmlEnergy, RaplMeter
 from bpfree.meters.estimate import CodeCarbonMeter
-from bpfree.meters.flops import METHOD, count_flops
+from bpfree.meters.flops import METHOD, FlopCounts, count_flops
 from bpfree.meters.memory import CudaMemoryMeter, PeakRssMeter, TensorMemoryTracker
 from bpfree.meters.peak import matmul_peak, peak_reading
 from bpfree.meters.timing import CpuTimer, WallTimer
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from bpfree.config import TrainConfig
     from bpfree.data import DataBundle
     from bpfree.rules import Rule
+    from bpfree.rules.base import Phase
 
 REQUIRED = (
     "train_wall_time",
@@ -81,6 +83,45 @@ def _batch(data: DataBundle, rows: int) -> Any:
     return Batch(data.train_x[index], data.train_y[index], index)
 
 
+@dataclass
+class PhaseProbe:
+    """FLOPs of one phase's probe steps; ``epoch`` turns them into FLOPs per epoch."""
+
+    batch_size: int
+    full: int  # full batches per epoch
+    rest: int  # size of the last partial batch (0: none)
+    setup: FlopCounts | None = None  # begin_phase
+    first: FlopCounts | None = None  # the phase's first step
+    steady_full: FlopCounts | None = None
+    steady_partial: FlopCounts | None = None
+    peak_bytes: int = 0
+
+    def epoch(self, first_epoch: bool) -> tuple[int, int]:
+        """(forward, backward + update) FLOPs of one epoch."""
+        n_full, n_partial = self.full, 1 if self.rest else 0
+        parts: list[tuple[FlopCounts | None, int]] = []
+        if first_epoch:  # begin_phase, then the first step in place of one steady step
+            parts += [(self.setup, 1), (self.first, 1)]
+            if n_full:
+                n_full -= 1
+            else:  # fewer samples than a batch: the first step was the partial batch
+                n_partial -= 1
+        parts += [(self.steady_full, n_full), (self.steady_partial, n_partial)]
+        fwd = sum(c.forward * k for c, k in parts if c is not None)
+        bwd = sum((c.backward + c.update) * k for c, k in parts if c is not None)
+        return fwd, bwd
+
+    def note(self) -> str:
+        steps = f"{self.full} x batch {self.batch_size}" + (
+            f" + a last partial batch of {self.rest}" if self.rest else ""
+        )
+        return (
+            f"{METHOD} on probe steps of a copy of the rule, outside the timed window, once per "
+            f"phase: per epoch {steps}"
+            + ("; the phase's begin_phase and first step counted once" if self.first else "")
+        )
+
+
 class MeterSuite:
     """Builds a run's meters; probes FLOPs and tensor memory between windows; derives totals."""
 
@@ -99,7 +140,7 @@ class MeterSuite:
         self.intensity = resolve_intensity(
             getattr(config, "grid_intensity", None), getattr(config, "country", None)
         )
-        self._train_probe: dict[int, tuple[dict[str, float], str] | str] = {}
+        self._train_probe: dict[int, PhaseProbe | str] = {}
         self._eval_probe: dict[tuple[int, int], int | str] = {}
         self.peak: dict[str, Any] | None = None
         if not self.enabled:
@@ -141,65 +182,85 @@ class MeterSuite:
         with torch.random.fork_rng(devices=devices):
             return fn()
 
-    def _probe_phase(self, rule: Rule, phase_index: int) -> tuple[dict[str, float], str] | str:
-        batch_size = rule.hp.batch_size
-        n = int(self.data.train_x.shape[0])
-        full, rest = divmod(n, batch_size) if batch_size <= n else (0, n)
+    def _probe_phase(self, rule: Rule, phase: Phase | None) -> PhaseProbe | str:
+        """FLOPs and tensor peak of the phase's steps, measured on copies of the rule.
 
-        def run() -> tuple[dict[str, float], str]:
-            flops = {"forward": 0.0, "backward": 0.0}
-            probe = self._copy(rule)
-            probe.train()
-            for rows, times in ((batch_size, full), (rest, 1)):
-                if rows == 0 or times == 0:
-                    continue
+        With ``phase`` (a phase about to start): ``begin_phase``, the first step and the steady
+        steps after it, so one-off work (feature caches, closed-form solves) is counted once.
+        Without (a run resumed mid-phase): steady steps of a copy of the current rule.
+        """
+        batch_size = rule.hp.batch_size
+        d = self.data
+        n = int(d.train_x.shape[0])
+        full, rest = divmod(n, batch_size)
+
+        def run() -> PhaseProbe:
+            probe = PhaseProbe(batch_size=batch_size, full=full, rest=rest)
+            flop_copy = self._copy(rule)
+            flop_copy.train()
+            if phase is not None:
                 with count_flops() as c:
-                    probe.train_step(_batch(self.data, rows))
-                flops["forward"] += times * c.forward
-                flops["backward"] += times * (c.backward + c.update)
-            del probe
+                    flop_copy.begin_phase(phase, d.train_x, d.train_y)
+                probe.setup = c
+                with count_flops() as c:
+                    flop_copy.train_step(_batch(d, batch_size if full else rest))
+                probe.first = c
+            for rows, key in ((batch_size, "steady_full"), (rest, "steady_partial")):
+                if rows and (key == "steady_partial" or full):
+                    with count_flops() as c:
+                        flop_copy.train_step(_batch(d, rows))
+                    setattr(probe, key, c)
+            del flop_copy
             mem_copy = self._copy(rule)
             mem_copy.train()
-            state = [t for t in _tensors(mem_copy) if not _is_data(t, self.data)]
+            state = [t for t in _tensors(mem_copy) if not _is_data(t, d)]
             with TensorMemoryTracker(state) as tracker:
-                mem_copy.train_step(_batch(self.data, min(batch_size, n)))
-            flops["peak_tensor_memory"] = float(tracker.peak)
-            note = (
-                f"{METHOD} on one probe step of a copy of the rule per phase, outside the timed "
-                f"window; per epoch: batch {batch_size} x {full} steps"
-                + (f" + last partial batch of {rest}" if rest and full else "")
-                + (f" (one batch of {rest})" if rest and not full else "")
-            )
-            return flops, note
+                if phase is not None:
+                    mem_copy.begin_phase(phase, d.train_x, d.train_y)
+                for _ in range(2):  # the first step and a steady one (lazy optimizer state)
+                    mem_copy.train_step(_batch(d, min(batch_size, n)))
+            probe.peak_bytes = tracker.peak
+            return probe
 
         try:
             return self._isolated(run)
         except Exception as exc:  # a rule that cannot be copied or probed: say so, keep training
             return f"probe_failed ({type(exc).__name__}: {exc})"
 
-    def after_train(self, cost: dict[str, Reading], rule: Rule, phase_index: int) -> None:
-        """Account one training epoch's FLOPs and the phase's tensor peak (probing once)."""
+    def before_phase(self, rule: Rule, phase_index: int, phase: Phase) -> None:
+        """Probe a phase that is about to start (call outside the timed windows)."""
+        if self.enabled:
+            self._train_probe[phase_index] = self._probe_phase(rule, phase)
+
+    def after_train(
+        self, cost: dict[str, Reading], rule: Rule, phase_index: int, first_epoch: bool
+    ) -> None:
+        """Account one training epoch's FLOPs and the phase's tensor peak (call outside windows).
+
+        ``first_epoch``: the epoch ran ``begin_phase`` (its one-off work is added once).
+        """
         if not self.enabled:
             return
-        if phase_index not in self._train_probe:
-            self._train_probe[phase_index] = self._probe_phase(rule, phase_index)
+        if phase_index not in self._train_probe:  # resumed mid-phase: steady steps only
+            self._train_probe[phase_index] = self._probe_phase(rule, None)
         probe = self._train_probe[phase_index]
         if isinstance(probe, str):
             for name in ("train_flops_forward", "train_flops_backward", "peak_tensor_memory"):
                 _fold(cost, name, Reading.unavailable(UNITS[name], probe), add)
             return
-        flops, note = probe
+        fwd, bwd = probe.epoch(first_epoch and probe.first is not None)
+        note = probe.note()
         _fold(
             cost,
             "train_flops_forward",
-            Reading(flops["forward"], "FLOP", METHOD, "forward: inside nn.Module calls; " + note),
+            Reading(float(fwd), "FLOP", METHOD, "forward: inside nn.Module calls; " + note),
             add,
         )
         _fold(
             cost,
             "train_flops_backward",
             Reading(
-                flops["backward"],
+                float(bwd),
                 "FLOP",
                 METHOD,
                 "backward/update: autograd backward plus hand-written updates; " + note,
@@ -210,13 +271,13 @@ class MeterSuite:
             cost,
             "peak_tensor_memory",
             Reading(
-                flops["peak_tensor_memory"],
+                float(probe.peak_bytes),
                 "B",
                 "probe:dispatch_storage_tracking",
-                "peak bytes of live tensor storage during one training step (rule state: "
-                "parameters, gradients, optimizer state, batch, activations; dataset excluded; "
-                "kernel-internal scratch not seen), TorchDispatchMode on a probe step outside "
-                "the timed window",
+                "peak bytes of live tensor storage in begin_phase and the first two training steps "
+                "of a copy of the rule (its state: parameters, gradients, optimizer state, caches; "
+                "the batch and activations; the dataset excluded; kernel-internal scratch not "
+                "seen), TorchDispatchMode, outside the timed window",
             ),
             peak,
         )
