@@ -237,6 +237,8 @@ class Trainer:
                                    disable=None if self.progress is None else not self.progress)
                 with bar:
                     while epoch_in_phase < cfg.epochs and not stopper.should_stop:
+                        if epoch_in_phase == 0:  # probe the phase on a copy, before the window
+                            suite.before_phase(rule, phase_i, phase)
                         # ---- timed training window ----
                         rule.train()
                         for m in train_meters:
