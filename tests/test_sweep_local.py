@@ -1,0 +1,172 @@
+"""Sweeps on the default local storage (a SQLite file): budget, faults, cost, two processes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from bpfree.cli import main
+from bpfree.config import TrainConfig, load_toml
+from bpfree.engine import RunResult
+from bpfree.errors import ConfigError
+from bpfree.sweep import Budget, create_or_join, run_study, summarize, work
+from bpfree.sweep import objective as objective_mod
+from sweep_helpers import (
+    TINY,
+    TINY_FLAGS,
+    assert_exactly_n,
+    load_trials,
+    start_worker,
+    study_name,
+    wait_all,
+)
+
+optuna = pytest.importorskip("optuna")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'sweeps.db'}"
+
+
+def test_exact_budget_stored_with_the_study_and_cost_adds_up(
+    storage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = study_name()
+    base = TrainConfig.build(TINY)
+    run_study(base, Budget(n_trials=4, sampler_seed=5), study=name, storage=storage)
+    trials = assert_exactly_n(name, storage, 4)
+    study = optuna.load_study(study_name=name, storage=storage)
+    attrs = study.user_attrs
+    assert attrs["budget"]["n_trials"] == 4 and attrs["budget"]["sampler_seed"] == 5
+    assert attrs["base_config"] == base.to_dict()
+    assert attrs["sampler_pruner"]["pruner"]["name"] == "MedianPruner"
+    assert set(attrs["search_space"]) == {"lr", "weight_decay", "batch_size"}
+    # The sweep's recorded cost is the sum of its trials' costs.
+    total = sum(t.user_attrs["cost"]["trial_wall_time_s"] for t in trials)
+    train = sum(t.user_attrs["cost"]["readings"]["train_wall_time"]["value"] for t in trials)
+    assert attrs["cost"]["trial_wall_time_s"] == pytest.approx(total)
+    assert attrs["cost"]["readings"]["train_wall_time"]["value"] == pytest.approx(train)
+    # Tuning never touches the test set.
+    assert all("test_accuracy" not in str(t.user_attrs) for t in trials)
+
+    # A second worker on a finished study runs nothing; a contradicting budget is refused.
+    assert work(name, storage).trials == []
+    assert main(["sweep", "--study", name, "--storage", storage, "--trials", "5"]) == 2
+    assert "created with other settings: n_trials=4 (asked 5)" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="epochs=2"):
+        create_or_join(name, storage, base={"epochs": 3})
+    create_or_join(name, storage, base={**TINY}, budget={"n_trials": 4})  # agreeing: fine
+
+    # --status --export writes settings `bpfree train --config` accepts: the best trial's.
+    out = tmp_path / "best.toml"
+    assert (
+        main(["sweep", "--study", name, "--storage", storage, "--status", "--export", str(out)])
+        == 0
+    )
+    summary = summarize(name, storage)
+    config = TrainConfig.build(load_toml(out))
+    assert config.hparams == summary.best["hparams"]
+    assert config.replace(hparams=base.hparams) == base
+
+
+def test_diverged_trial_is_failed_with_its_reason_and_replaced(
+    storage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = objective_mod.Trainer
+    calls = {"n": 0}
+
+    class Diverging(real):  # type: ignore[misc, valid-type]
+        def run(self) -> RunResult:
+            calls["n"] += 1
+            if calls["n"] != 2:
+                return super().run()
+            result = super().run()  # really trains; then report the loss as non-finite
+            result.status, result.reason = "diverged", "non-finite training loss (nan) in epoch 1"
+            return result
+
+    monkeypatch.setattr(objective_mod, "Trainer", Diverging)
+    name = study_name()
+    run_study(TrainConfig.build(TINY), Budget(n_trials=3), study=name, storage=storage)
+    trials = assert_exactly_n(name, storage, 3)
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert len(failed) == 1
+    assert failed[0].user_attrs["reason"].startswith("diverged: non-finite training loss")
+    assert failed[0].user_attrs["cost"]["trial_wall_time_s"] > 0  # its cost is kept
+    replacement = [t for t in trials if t.user_attrs.get("replaces") == failed[0].number]
+    assert len(replacement) == 1 and replacement[0].state.name == "COMPLETE"
+    summary = summarize(name, storage)
+    assert summary.cost["by_state"]["FAIL"]["trials"] == 1  # failed trials' cost is in the sum
+
+
+def test_pruned_trials_count_toward_the_budget_and_keep_their_cost(
+    storage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class PruneSecond(optuna.pruners.BasePruner):
+        def prune(self, study: Any, trial: Any) -> bool:
+            return trial.user_attrs.get("slot") == 1 and trial.last_step == 1
+
+    monkeypatch.setattr(Budget, "make_pruner", lambda self: PruneSecond())
+    name = study_name()
+    run_study(
+        TrainConfig.build({**TINY, "epochs": 3}), Budget(n_trials=3), study=name, storage=storage
+    )
+    trials = assert_exactly_n(name, storage, 3)
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    assert [t.user_attrs["slot"] for t in pruned] == [1]
+    assert pruned[0].user_attrs["epochs"] == 1 and pruned[0].value is not None
+    assert pruned[0].user_attrs["cost"]["readings"]["train_wall_time"]["value"] > 0
+    assert summarize(name, storage).cost["by_state"]["PRUNED"]["trials"] == 1
+
+
+def test_tuned_setting_cannot_also_be_fixed(storage: str) -> None:
+    with pytest.raises(ConfigError, match="lr is tuned by the sweep"):
+        create_or_join(
+            study_name(), storage, base={**TINY, "hparams": {"lr": 0.5}}, budget={"n_trials": 2}
+        )
+    with pytest.raises(ConfigError, match="does not exist"):
+        work(study_name(), storage)
+
+
+def test_two_processes_share_the_local_file_database(storage: str, tmp_path: Path) -> None:
+    name = study_name()
+    # Create without working (--max-trials 0), then two workers at once.
+    assert (
+        main(
+            [
+                "sweep",
+                "--study",
+                name,
+                "--storage",
+                storage,
+                *TINY_FLAGS,
+                "--trials",
+                "8",
+                "--max-trials",
+                "0",
+            ]
+        )
+        == 0
+    )
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+    start = time.monotonic()
+    procs = [start_worker(name, storage, log) for log in logs]
+    wait_all(procs, logs, timeout=120)
+    trials = assert_exactly_n(name, storage, 8)
+    workers = {t.user_attrs["worker"] for t in trials if "worker" in t.user_attrs}
+    print(f"2 workers, 8 trials in {time.monotonic() - start:.1f} s; trials ran in {workers}")
+    assert {p.pid for p in procs} >= {int(w.rsplit(":", 1)[1]) for w in workers}
+    assert len(load_trials(name, storage)) == 8  # no retries, duplicates or extra trials
