@@ -102,6 +102,10 @@ EXTRA_FORMULAS: dict[Any, Callable[..., int]] = {
 }
 
 
+# The id of the autograd graph task running on this thread, -1 outside ``backward()``.
+_graph_task_id: Callable[[], int] = getattr(torch._C, "_current_graph_task_id", lambda: -1)
+
+
 @dataclass
 class FlopCounts:
     forward: int = 0
@@ -128,7 +132,7 @@ def count_flops() -> Iterator[FlopCounts]:
     def attribute(formula: Callable[..., int]) -> Callable[..., int]:
         def counted(*args: Any, out_val: Any = None, **kwargs: Any) -> int:
             n = int(formula(*args, out_val=out_val, **kwargs))
-            if torch._C._current_graph_task_id() != -1:
+            if _graph_task_id() != -1:
                 counts.backward += n
             elif depth[0] > 0:
                 counts.forward += n

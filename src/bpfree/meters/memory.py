@@ -89,9 +89,12 @@ class PeakRssMeter:
 
     def start(self) -> None:
         if self.method == "clear_refs":
-            with open(CLEAR_REFS, "w") as f:
-                f.write("5")
-            return
+            try:
+                with open(CLEAR_REFS, "w") as f:
+                    f.write("5")
+                return
+            except OSError:  # no longer writable (e.g. a sandbox changed): sample instead
+                self.method = "sampling"
         self._max = current_rss() or 0
         self._stop.clear()
         self._thread = threading.Thread(target=self._sample, name="bpfree-rss", daemon=True)
