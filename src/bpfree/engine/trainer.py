@@ -232,11 +232,12 @@ class Trainer:
         try:
             while phase_i < len(phases):
                 phase = phases[phase_i]
-                bar = progress_bar(total=cfg.epochs, initial=epoch_in_phase,
+                cap = min(cfg.epochs, phase.max_epochs or cfg.epochs)  # the phase's own cap
+                bar = progress_bar(total=cap, initial=epoch_in_phase,
                                    desc=f"{cfg.rule} {phase.name}", unit="epoch",
                                    disable=None if self.progress is None else not self.progress)
                 with bar:
-                    while epoch_in_phase < cfg.epochs and not stopper.should_stop:
+                    while epoch_in_phase < cap and not stopper.should_stop:
                         if epoch_in_phase == 0:  # probe the phase on a copy, before the window
                             suite.before_phase(rule, phase_i, phase)
                         # ---- timed training window ----

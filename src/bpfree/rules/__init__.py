@@ -6,10 +6,13 @@ from bpfree.errors import ConfigError
 from bpfree.registry import Registry
 from bpfree.rules.base import Batch, Hparams, Phase, Rule, RuleInfo, parse_value
 from bpfree.rules.bp import Backprop
+from bpfree.rules.cafo import CascadedForward
+from bpfree.rules.dfa import DirectFeedbackAlignment
+from bpfree.rules.forward_forward import ForwardForward
 from bpfree.rules.mono_forward import MonoForward
 
 RULES: Registry[type[Rule]] = Registry("rule")
-for _rule in (Backprop, MonoForward):
+for _rule in (Backprop, MonoForward, ForwardForward, CascadedForward, DirectFeedbackAlignment):
     RULES.register(_rule.info.name, _rule)
 
 
