@@ -49,4 +49,6 @@ fi
 if [ "$(psql_admin "SELECT 1 FROM pg_database WHERE datname = '$DB'")" != 1 ]; then
   psql_admin "CREATE DATABASE $DB OWNER $ROLE" >/dev/null
 fi
-echo "postgresql://$ROLE:$PASSWORD@127.0.0.1:$port/$DB"
+# The driver named explicitly: SQLAlchemy 2.1 reads a plain postgresql:// as psycopg 3, while
+# bpfree's sweep extra installs psycopg2 (bpfree itself accepts either form).
+echo "postgresql+psycopg2://$ROLE:$PASSWORD@127.0.0.1:$port/$DB"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,8 @@ from bpfree.sweep import Budget, create_or_join, run_study, summarize, work
 from bpfree.sweep import objective as objective_mod
 from sweep_helpers import (
     TINY,
-    TINY_FLAGS,
     assert_exactly_n,
-    load_trials,
-    start_worker,
     study_name,
-    wait_all,
 )
 
 optuna = pytest.importorskip("optuna")
@@ -141,32 +136,5 @@ def test_tuned_setting_cannot_also_be_fixed(storage: str) -> None:
         work(study_name(), storage)
 
 
-def test_two_processes_share_the_local_file_database(storage: str, tmp_path: Path) -> None:
-    name = study_name()
-    # Create without working (--max-trials 0), then two workers at once.
-    assert (
-        main(
-            [
-                "sweep",
-                "--study",
-                name,
-                "--storage",
-                storage,
-                *TINY_FLAGS,
-                "--trials",
-                "8",
-                "--max-trials",
-                "0",
-            ]
-        )
-        == 0
-    )
-    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
-    start = time.monotonic()
-    procs = [start_worker(name, storage, log) for log in logs]
-    wait_all(procs, logs, timeout=120)
-    trials = assert_exactly_n(name, storage, 8)
-    workers = {t.user_attrs["worker"] for t in trials if "worker" in t.user_attrs}
-    print(f"2 workers, 8 trials in {time.monotonic() - start:.1f} s; trials ran in {workers}")
-    assert {p.pid for p in procs} >= {int(w.rsplit(":", 1)[1]) for w in workers}
-    assert len(load_trials(name, storage)) == 8  # no retries, duplicates or extra trials
+# Two worker processes at once on the default local file: tests/test_sweep_docs.py runs the
+# documented one-machine commands, which do exactly that.

@@ -184,8 +184,15 @@ def _run_worker(args: argparse.Namespace, spec: Any) -> int:
         if not args.quiet:
             print(_trial_line(trial), flush=True)
 
-    report = Worker(spec, on_trial=on_trial).work(args.max_trials)
-    print(f"this worker ran {len(report.trials)} trials ({report.status})")
+    if args.max_trials == 0:  # create (or check) only
+        from bpfree.sweep.storage import redact
+
+        where = f" --storage {redact(args.storage)}" if args.storage else ""
+        print(f"study {spec.name} is ready; start workers with: "
+              f"bpfree worker --study {spec.name}{where}")
+    else:
+        report = Worker(spec, on_trial=on_trial).work(args.max_trials)
+        print(f"this worker ran {len(report.trials)} trials ({report.status})")
     summary = summarize(spec.name, spec.storage)
     print(summary.format())
     if getattr(args, "export", None):

@@ -119,7 +119,10 @@ class SweepSummary:
             ]
             readings = cost["readings"]
             parts += [
-                f"{k} {format_reading(r)}" for k, r in readings.items() if r["value"] is not None
+                f"{k} {format_reading(r)}"
+                + (f" ({r['note']})" if r["note"].startswith("from") else "")
+                for k, r in readings.items()
+                if r["value"] is not None
             ]
             lines.append("  cost of all trials: " + ", ".join(parts))
             missing = [k for k, r in readings.items() if r["value"] is None]
