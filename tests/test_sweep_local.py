@@ -11,13 +11,14 @@ import torch
 
 from bpfree.cli import main
 from bpfree.config import TrainConfig, load_toml
-from bpfree.engine import RunResult
+from bpfree.engine import RunInterrupted, RunResult
 from bpfree.errors import ConfigError
 from bpfree.sweep import Budget, create_or_join, run_study, summarize, work
 from bpfree.sweep import objective as objective_mod
 from sweep_helpers import (
     TINY,
     assert_exactly_n,
+    load_trials,
     study_name,
 )
 
@@ -105,6 +106,30 @@ def test_diverged_trial_is_failed_with_its_reason_and_replaced(
     assert len(replacement) == 1 and replacement[0].state.name == "COMPLETE"
     summary = summarize(name, storage)
     assert summary.cost["by_state"]["FAIL"]["trials"] == 1  # failed trials' cost is in the sum
+
+
+def test_interrupted_trial_is_failed_and_requeued_with_its_settings(
+    storage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = objective_mod.Trainer
+
+    class CtrlC(real):  # type: ignore[misc, valid-type]
+        def run(self) -> RunResult:
+            raise RunInterrupted("run interrupted")  # what Ctrl-C or SIGTERM become
+
+    monkeypatch.setattr(objective_mod, "Trainer", CtrlC)
+    name = study_name()
+    with pytest.raises(RunInterrupted):
+        run_study(TrainConfig.build(TINY), Budget(n_trials=2), study=name, storage=storage)
+    [stopped] = load_trials(name, storage)[2:]  # after the two tickets: nothing else yet
+    monkeypatch.setattr(objective_mod, "Trainer", real)
+    work(name, storage)  # another worker (here: the same process) finishes the study
+    trials = assert_exactly_n(name, storage, 2)
+    first = trials[0]
+    assert first.state.name == "FAIL" and "interrupted" in first.user_attrs["reason"]
+    assert stopped.state.name == "WAITING" and stopped.user_attrs["retry_of"] == 0
+    retry = trials[stopped.number]
+    assert retry.state.name == "COMPLETE" and retry.params == first.params  # same settings
 
 
 def test_pruned_trials_count_toward_the_budget_and_keep_their_cost(
