@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHEAP = {
     "benchmarks/seeds.py": ["--seeds", "0", "--epochs", "1", "--train-samples", "600"],
     "benchmarks/throughput.py": ["--quick"],
+    "compare": ["--seeds", "1", "--epochs", "1", "--train-samples", "600"],
 }
 
 
@@ -43,18 +44,31 @@ def test_readme_has_the_two_command_quick_start() -> None:
     assert "make test" in ci and "make demo" in ci
 
 
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for all README commands, run in order (a report reads a compare's output)."""
+    path = tmp_path_factory.mktemp("readme")
+    (path / "benchmarks" / "results").mkdir(parents=True)
+    return path
+
+
 @pytest.mark.parametrize("command", [c for c in readme_commands() if not c.startswith("make ")])
-def test_readme_command_runs(command: str, tmp_path: Path) -> None:
+def test_readme_command_runs(command: str, workdir: Path) -> None:
     if "fashion_mnist" in command and locate(DATASETS.get("fashion_mnist"))[0] is None:
         pytest.skip("Fashion-MNIST not installed here (apt-get install dataset-fashion-mnist)")
     argv = shlex.split(command)
     if argv[0] == "bpfree":
         argv = [sys.executable, "-m", "bpfree", *argv[1:]]
+        if (
+            argv[3] == "compare"
+            and "--epochs" in argv
+            and int(argv[argv.index("--epochs") + 1]) > 2
+        ):
+            argv += CHEAP["compare"]  # the full benchmark, cut down
     elif argv[0] == "python":
         script = argv[1]
         argv = [sys.executable, str(ROOT / script), *argv[2:], *CHEAP.get(script, [])]
-    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
     env = {**os.environ, "CI": "true"}
-    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip(), "a README command should print something"

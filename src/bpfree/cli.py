@@ -21,23 +21,38 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--model", help="model, e.g. mlp_2x1000 or cnn_3block")
     p.add_argument("--dataset", help="dataset: mnist, fashion_mnist, cifar10, cifar100, digits")
     p.add_argument("--config", metavar="FILE.toml", help="settings file; flags override it")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a rule hyperparameter or trainer setting (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a rule hyperparameter or trainer setting (repeatable)",
+    )
     p.add_argument("--epochs", type=int, help="epoch cap per phase (default 30)")
     p.add_argument("--seed", type=int, help="run seed (default 0)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
-    p.add_argument("--train-samples", type=int, metavar="N",
-                   help="use only the first N training examples")
+    p.add_argument(
+        "--train-samples", type=int, metavar="N", help="use only the first N training examples"
+    )
     p.add_argument("--data-dir", help="folder holding dataset files")
     p.add_argument("--device", help="auto (default), cpu or cuda")
-    p.add_argument("--out", help="run directory (default runs/<rule>-<model>-<dataset>-s<seed>-<time>)")
+    p.add_argument(
+        "--out", help="run directory (default runs/<rule>-<model>-<dataset>-s<seed>-<time>)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--grid-intensity", type=float, metavar="G",
-                   help="grid carbon intensity in gCO2e/kWh for `carbon` (default: --country, "
-                        "else the world average 475)")
-    p.add_argument("--country", metavar="CODE",
-                   help="country code (e.g. FRA or FR) whose grid intensity to use for `carbon`")
+    p.add_argument(
+        "--grid-intensity",
+        type=float,
+        metavar="G",
+        help="grid carbon intensity in gCO2e/kWh for `carbon` (default: --country, "
+        "else the world average 475)",
+    )
+    p.add_argument(
+        "--country",
+        metavar="CODE",
+        help="country code (e.g. FRA or FR) whose grid intensity to use for `carbon`",
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -46,10 +61,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     values: dict[str, Any] = load_toml(args.config) if args.config else {}
     flags = {
-        "rule": args.rule, "model": args.model, "dataset": args.dataset, "epochs": args.epochs,
-        "seed": args.seed, "patience": args.patience, "train_samples": args.train_samples,
-        "data_dir": args.data_dir, "device": args.device,
-        "grid_intensity": args.grid_intensity, "country": args.country,
+        "rule": args.rule,
+        "model": args.model,
+        "dataset": args.dataset,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "patience": args.patience,
+        "train_samples": args.train_samples,
+        "data_dir": args.data_dir,
+        "device": args.device,
+        "grid_intensity": args.grid_intensity,
+        "country": args.country,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     config = TrainConfig.build(apply_sets(values, args.set))
@@ -69,17 +91,24 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from bpfree.models import EXAMPLE_MODELS
     from bpfree.rules import RULES
 
-    print("Rules (reverse-mode AD / backward locking / weight transport / forward passes per step):")
+    print(
+        "Rules (reverse-mode AD / backward locking / weight transport / forward passes per step):"
+    )
     for name, cls in RULES.items():
         i = cls.info
         print(f"  {name:<6} {i.title}")
-        print(f"         reverse_ad={i.reverse_ad}, backward_locking={str(i.backward_locking).lower()}, "
-              f"weight_transport={str(i.weight_transport).lower()}, "
-              f"forward_passes_per_step={i.forward_passes_per_step}, models: {', '.join(i.families)}")
+        print(
+            f"         reverse_ad={i.reverse_ad}, "
+            f"backward_locking={str(i.backward_locking).lower()}, "
+            f"weight_transport={str(i.weight_transport).lower()}, "
+            f"forward_passes_per_step={i.forward_passes_per_step}, models: {', '.join(i.families)}"
+        )
         print(f"         {i.citation}")
     print("Models:")
-    print("  mlp_<depth>x<width>  any depth and width, e.g. " + ", ".join(
-        m for m in EXAMPLE_MODELS if m.startswith("mlp")))
+    print(
+        "  mlp_<depth>x<width>  any depth and width, e.g. "
+        + ", ".join(m for m in EXAMPLE_MODELS if m.startswith("mlp"))
+    )
     print("  cnn_3block           3 x (conv3x3 -> ReLU -> maxpool2 -> BatchNorm), 32/128/512")
     print("Datasets:")
     for name, spec in DATASETS.items():
@@ -104,8 +133,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
         if where is not None:
             print(f"{name:<14} available   {where}")
         else:
-            print(f"{name:<14} missing     get it with: {fetch_command(spec)}"
-                  + (f"  ({spec.note})" if spec.note else ""))
+            print(
+                f"{name:<14} missing     get it with: {fetch_command(spec)}"
+                + (f"  ({spec.note})" if spec.note else "")
+            )
             if args.verbose:
                 print("               " + missing_message(spec, looked))
     return 0
@@ -122,15 +153,23 @@ def _cmd_env(args: argparse.Namespace) -> int:
 def _sweep_parsers(sub: Any) -> None:
     p = sub.add_parser("sweep", help="tune a rule with Optuna under a fixed, stored budget")
     p.add_argument("--study", required=True, help="study name (created if it does not exist)")
-    p.add_argument("--storage", metavar="URL",
-                   help="sqlite:///FILE, a file path, or postgresql://USER:PASS@HOST/DB "
-                   "(default $BPFREE_STORAGE, else ./bpfree-sweeps.db)")
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="sqlite:///FILE, a file path, or postgresql://USER:PASS@HOST/DB "
+        "(default $BPFREE_STORAGE, else ./bpfree-sweeps.db)",
+    )
     p.add_argument("--rule", help="learning rule to tune")
     p.add_argument("--model", help="model, e.g. mlp_2x1000")
     p.add_argument("--dataset", help="dataset, e.g. fashion_mnist")
     p.add_argument("--config", metavar="FILE.toml", help="base settings file; flags override it")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a fixed (untuned) rule hyperparameter or trainer setting (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a fixed (untuned) rule hyperparameter or trainer setting (repeatable)",
+    )
     p.add_argument("--trials", type=int, help="finished (complete + pruned) trials, exactly")
     p.add_argument("--epochs", type=int, help="epoch cap per trial (default 30)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
@@ -139,16 +178,31 @@ def _sweep_parsers(sub: Any) -> None:
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--sampler-seed", type=int, help="TPE's own seed (default 0)")
     p.add_argument("--pruner", choices=["median", "none"], help="per-epoch pruning (median)")
-    p.add_argument("--max-failed", type=int, metavar="N",
-                   help="give up after N failed trials (default: the number of trials)")
-    p.add_argument("--heartbeat-interval", type=int, metavar="S",
-                   help="seconds between a running trial's heartbeats (default 15)")
-    p.add_argument("--grace-period", type=int, metavar="S",
-                   help="a trial silent this long is failed and retried (default 60)")
+    p.add_argument(
+        "--max-failed",
+        type=int,
+        metavar="N",
+        help="give up after N failed trials (default: the number of trials)",
+    )
+    p.add_argument(
+        "--heartbeat-interval",
+        type=int,
+        metavar="S",
+        help="seconds between a running trial's heartbeats (default 15)",
+    )
+    p.add_argument(
+        "--grace-period",
+        type=int,
+        metavar="S",
+        help="a trial silent this long is failed and retried (default 60)",
+    )
     p.add_argument("--status", action="store_true", help="only print the study's state")
     _worker_flags(p)
-    p.add_argument("--export", metavar="FILE.toml",
-                   help="write the best settings for `bpfree train --config FILE.toml`")
+    p.add_argument(
+        "--export",
+        metavar="FILE.toml",
+        help="write the best settings for `bpfree train --config FILE.toml`",
+    )
     w = sub.add_parser("worker", help="join a running sweep and run its trials until it is done")
     w.add_argument("--study", required=True, help="name of an existing study")
     w.add_argument("--storage", metavar="URL", help="as for `bpfree sweep`")
@@ -188,8 +242,10 @@ def _run_worker(args: argparse.Namespace, spec: Any) -> int:
         from bpfree.sweep.storage import redact
 
         where = f" --storage {redact(args.storage)}" if args.storage else ""
-        print(f"study {spec.name} is ready; start workers with: "
-              f"bpfree worker --study {spec.name}{where}")
+        print(
+            f"study {spec.name} is ready; start workers with: "
+            f"bpfree worker --study {spec.name}{where}"
+        )
     else:
         report = Worker(spec, on_trial=on_trial).work(args.max_trials)
         print(f"this worker ran {len(report.trials)} trials ({report.status})")
@@ -214,20 +270,31 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     base: dict[str, Any] = load_toml(args.config) if args.config else {}
     flags = {
-        "rule": args.rule, "model": args.model, "dataset": args.dataset, "epochs": args.epochs,
-        "seed": args.seed, "patience": args.patience, "train_samples": args.train_samples,
-        "data_dir": args.data_dir, "device": args.device,
+        "rule": args.rule,
+        "model": args.model,
+        "dataset": args.dataset,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "patience": args.patience,
+        "train_samples": args.train_samples,
+        "data_dir": args.data_dir,
+        "device": args.device,
     }
     base.update({k: v for k, v in flags.items() if v is not None})
     if args.set:
         base = apply_sets(base, args.set)
     budget = {
-        "n_trials": args.trials, "sampler_seed": args.sampler_seed, "pruner": args.pruner,
-        "max_failed_trials": args.max_failed, "heartbeat_interval_s": args.heartbeat_interval,
+        "n_trials": args.trials,
+        "sampler_seed": args.sampler_seed,
+        "pruner": args.pruner,
+        "max_failed_trials": args.max_failed,
+        "heartbeat_interval_s": args.heartbeat_interval,
         "grace_period_s": args.grace_period,
     }
     spec = create_or_join(
-        args.study, args.storage, base=base,
+        args.study,
+        args.storage,
+        base=base,
         budget={k: v for k, v in budget.items() if v is not None},
     )
     return _run_worker(args, spec)
@@ -248,6 +315,80 @@ def _quiet_optuna_logs() -> None:
     import_optuna().logging.set_verbosity(import_optuna().logging.ERROR)
 
 
+def _compare_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "compare", help="each rule on its native network beside backprop on the same network"
+    )
+    p.add_argument(
+        "--rules",
+        required=True,
+        help="comma-separated rules; a variant as rule:key=value (e.g. cafo:blocks=dfa)",
+    )
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--seeds", default="3", help="how many seeds (0..N-1), or a list like 0,5,9")
+    p.add_argument("--out", required=True, help="comparison directory (rerun to continue it)")
+    p.add_argument("--epochs", type=int, help="epoch cap per phase, the same for every run")
+    p.add_argument("--train-samples", type=int, metavar="N")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="trainer setting (patience=3) or a rule's hyperparameter (mf.lr=1e-3)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="RULE=MODEL",
+        help="override a rule's native network (repeatable)",
+    )
+    p.add_argument("--data-dir")
+    p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument("--no-report", action="store_true", help="train only; no report at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    r = sub.add_parser("report", help="tables, plots and report.html for a comparison directory")
+    r.add_argument("dir")
+    r.add_argument("--no-plots", action="store_true", help="tables only")
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from bpfree.compare import compare
+
+    models = {}
+    for item in args.model:
+        if "=" not in item:
+            raise BpfreeError(f"--model expects RULE=MODEL, got {item!r}")
+        rule, model = item.split("=", 1)
+        models[rule.strip()] = model.strip()
+    result = compare(
+        rules=args.rules,
+        dataset=args.dataset,
+        out=args.out,
+        seeds=args.seeds,
+        epochs=args.epochs,
+        train_samples=args.train_samples,
+        sets=args.set,
+        models=models,
+        data_dir=args.data_dir,
+        device=args.device,
+        report=not args.no_report,
+        progress=False if args.quiet else None,
+    )
+    if not args.no_report:
+        print((result.out / "report" / "table.md").read_text(), end="")
+        print(f"report: {result.out / 'report' / 'report.html'}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from bpfree.report import write_report
+
+    print(write_report(args.dir, plots=not args.no_plots), end="")
+    print(f"report: {Path(args.dir) / 'report' / 'report.html'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bpfree import __version__
 
@@ -258,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _sweep_parsers(sub)
+    _compare_parsers(sub)
     sub.add_parser("list", help="rules (with their properties), models and datasets")
     env = sub.add_parser("env", help="hardware, versions, matmul peak, and which meters work here")
     env.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
@@ -270,14 +412,22 @@ def build_parser() -> argparse.ArgumentParser:
     df = data_sub.add_parser("fetch", help="download a dataset and verify its SHA-256")
     df.add_argument("name")
     df.add_argument("--data-dir", help="where to put it (default $BPFREE_DATA or the user cache)")
-    df.add_argument("--mirror", help="base URL to fetch the files from instead of the canonical one")
+    df.add_argument(
+        "--mirror", help="base URL to fetch the files from instead of the canonical one"
+    )
     df.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     return parser
 
 
 COMMANDS = {
-    "train": _cmd_train, "list": _cmd_list, "data": _cmd_data, "env": _cmd_env,
-    "sweep": _cmd_sweep, "worker": _cmd_worker,
+    "train": _cmd_train,
+    "list": _cmd_list,
+    "data": _cmd_data,
+    "env": _cmd_env,
+    "sweep": _cmd_sweep,
+    "worker": _cmd_worker,
+    "compare": _cmd_compare,
+    "report": _cmd_report,
 }
 
 
@@ -298,5 +448,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-

@@ -58,7 +58,10 @@ class TrainConfig:
             (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
             (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
             (0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
-            (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
+            (
+                self.eval_batch_size >= 1,
+                f"eval_batch_size must be >= 1, got {self.eval_batch_size}",
+            ),
             (self.seed >= 0 and self.data_seed >= 0, "seed and data_seed must be >= 0"),
             (
                 self.train_samples is None or self.train_samples >= 2,

@@ -70,7 +70,8 @@ class RunResult:
         lines = [
             f"{self.rule} on {self.model} / {self.dataset} (seed {self.seed}): {self.status}"
             + (f" — {self.reason}" if self.reason else ""),
-            f"  test accuracy {pct(m.get('test_accuracy'))}, validation {pct(m.get('val_accuracy'))}"
+            f"  test accuracy {pct(m.get('test_accuracy'))}, "
+            f"validation {pct(m.get('val_accuracy'))}"
             f" (best epoch {m.get('best_epoch')}, {m.get('epochs_trained')} epochs trained)",
             f"  train time {format_reading(self.cost.get('train_wall_time'))}, "
             f"eval time {format_reading(self.cost.get('eval_wall_time'))}",

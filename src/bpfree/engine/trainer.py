@@ -32,13 +32,13 @@ from bpfree.data import DataBundle, load_dataset
 from bpfree.engine.early_stopping import EarlyStopping
 from bpfree.engine.environment import describe, resolve_device
 from bpfree.engine.io import read_json, save_torch, write_json, write_text
-from bpfree.progress import progress_bar
 from bpfree.engine.result import RunResult
 from bpfree.engine.seeding import derive_seed, generator
 from bpfree.errors import BpfreeError, ConfigError
 from bpfree.meters import Meter, Reading
 from bpfree.meters.suite import MeterSuite
 from bpfree.models import create_model
+from bpfree.progress import progress_bar
 from bpfree.rules import Batch, Rule, create_rule
 
 CHECKPOINT = "checkpoint.pt"
@@ -171,8 +171,12 @@ class Trainer:
         device = resolve_device(cfg.device)
         if self.data is None:
             self.data = load_dataset(
-                cfg.dataset, data_dir=cfg.data_dir, val_fraction=cfg.val_fraction,
-                data_seed=cfg.data_seed, train_samples=cfg.train_samples, device=device,
+                cfg.dataset,
+                data_dir=cfg.data_dir,
+                val_fraction=cfg.val_fraction,
+                data_seed=cfg.data_seed,
+                train_samples=cfg.train_samples,
+                device=device,
             )
         data = self.data
         rule = create_rule(cfg.rule, cfg.hparams)
@@ -208,9 +212,11 @@ class Trainer:
             rule.load_state_dict(ckpt["rule"])
             batches.set_state(ckpt["batch_generator"])
             assert rule.generator is not None
-            rule.generator.set_state(ckpt["rule_generator"].to(rule.generator.device)
-                                     if rule.generator.device.type != "cpu"
-                                     else ckpt["rule_generator"])
+            rule.generator.set_state(
+                ckpt["rule_generator"].to(rule.generator.device)
+                if rule.generator.device.type != "cpu"
+                else ckpt["rule_generator"]
+            )
             cost = {k: Reading.from_dict(v) for k, v in ckpt["cost"].items()}
             self.cost = cost
             history = ckpt["history"]
@@ -220,7 +226,9 @@ class Trainer:
                 rule.begin_phase(phases[phase_i], data.train_x, data.train_y)
                 rule.load_state_dict(ckpt["rule"])
             if self.out is not None:
-                write_text(self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+                write_text(
+                    self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history)
+                )
         elif self.out is not None:
             write_text(self.out / "metrics.jsonl", "")
 
@@ -233,9 +241,13 @@ class Trainer:
             while phase_i < len(phases):
                 phase = phases[phase_i]
                 cap = min(cfg.epochs, phase.max_epochs or cfg.epochs)  # the phase's own cap
-                bar = progress_bar(total=cap, initial=epoch_in_phase,
-                                   desc=f"{cfg.rule} {phase.name}", unit="epoch",
-                                   disable=None if self.progress is None else not self.progress)
+                bar = progress_bar(
+                    total=cap,
+                    initial=epoch_in_phase,
+                    desc=f"{cfg.rule} {phase.name}",
+                    unit="epoch",
+                    disable=None if self.progress is None else not self.progress,
+                )
                 with bar:
                     while epoch_in_phase < cap and not stopper.should_stop:
                         if epoch_in_phase == 0:  # probe the phase on a copy, before the window
@@ -260,8 +272,9 @@ class Trainer:
                         # ---- timed evaluation window ----
                         for m in eval_meters:
                             m.start()
-                        val_acc, val_loss = evaluate(rule, data.val_x, data.val_y,
-                                                     cfg.eval_batch_size)
+                        val_acc, val_loss = evaluate(
+                            rule, data.val_x, data.val_y, cfg.eval_batch_size
+                        )
                         eval_readings = [m.stop() for m in eval_meters]
                         accumulate(eval_meters, eval_readings)
                         suite.after_eval(cost, rule, phase_i, int(data.val_x.shape[0]))
@@ -270,8 +283,12 @@ class Trainer:
                         if improved:
                             best = _clone_modules(rule)
                         record = {
-                            "epoch": epoch, "phase": phase.name, "epoch_in_phase": epoch_in_phase,
-                            "train_loss": train_loss, "val_accuracy": val_acc, "val_loss": val_loss,
+                            "epoch": epoch,
+                            "phase": phase.name,
+                            "epoch_in_phase": epoch_in_phase,
+                            "train_loss": train_loss,
+                            "val_accuracy": val_acc,
+                            "val_loss": val_loss,
                             "improved": improved,
                             "train_wall_time_s": readings[-1].value,  # the wall timer is last
                             "eval_wall_time_s": eval_readings[-1].value,
@@ -279,8 +296,9 @@ class Trainer:
                         history.append(record)
                         bar.update(1)
                         bar.set_postfix(val_acc=f"{val_acc:.4f}", loss=f"{train_loss:.4f}")
-                        self._checkpoint(rule, batches, cost, history, phase_i, epoch_in_phase,
-                                         best, stopper)
+                        self._checkpoint(
+                            rule, batches, cost, history, phase_i, epoch_in_phase, best, stopper
+                        )
                         if self.out is not None:  # after the checkpoint: resume rewrites it
                             with open(self.out / "metrics.jsonl", "a") as f:
                                 f.write(json.dumps(record) + "\n")
@@ -295,8 +313,9 @@ class Trainer:
                     best, stopper = None, EarlyStopping(mode, cfg.patience, cfg.min_delta)
                     self._checkpoint(rule, batches, cost, history, phase_i, 0, None, stopper)
         except KeyboardInterrupt:
-            result = self._result(rule, data, "interrupted", "interrupted by the user", cost,
-                                  history, stopper, None)
+            result = self._result(
+                rule, data, "interrupted", "interrupted by the user", cost, history, stopper, None
+            )
             if self.out is not None:
                 write_json(self.out / "result.json", result.to_dict())
             raise RunInterrupted(
@@ -320,7 +339,11 @@ class Trainer:
         return result
 
     def _train_epoch(
-        self, rule: Rule, data: DataBundle, batches: torch.Generator, batch_size: int,
+        self,
+        rule: Rule,
+        data: DataBundle,
+        batches: torch.Generator,
+        batch_size: int,
         device: torch.device,
     ) -> tuple[torch.Tensor, int]:
         n = data.train_x.shape[0]
@@ -334,29 +357,45 @@ class Trainer:
         return loss_sum, steps
 
     def _checkpoint(
-        self, rule: Rule, batches: torch.Generator, cost: dict[str, Reading],
-        history: list[dict[str, Any]], phase: int, epoch_in_phase: int,
-        best: dict[str, Any] | None, stopper: EarlyStopping,
+        self,
+        rule: Rule,
+        batches: torch.Generator,
+        cost: dict[str, Reading],
+        history: list[dict[str, Any]],
+        phase: int,
+        epoch_in_phase: int,
+        best: dict[str, Any] | None,
+        stopper: EarlyStopping,
     ) -> None:
         if self.out is None:
             return
         assert rule.generator is not None
-        save_torch(self.out / CHECKPOINT, {
-            "config": self.config.to_dict(),
-            "rule": rule.state_dict(),
-            "batch_generator": batches.get_state(),
-            "rule_generator": rule.generator.get_state(),
-            "cost": {k: r.to_dict() for k, r in cost.items()},
-            "history": history,
-            "phase": phase,
-            "epoch_in_phase": epoch_in_phase,
-            "best": best,
-            "early_stopping": stopper.state(),
-        })
+        save_torch(
+            self.out / CHECKPOINT,
+            {
+                "config": self.config.to_dict(),
+                "rule": rule.state_dict(),
+                "batch_generator": batches.get_state(),
+                "rule_generator": rule.generator.get_state(),
+                "cost": {k: r.to_dict() for k, r in cost.items()},
+                "history": history,
+                "phase": phase,
+                "epoch_in_phase": epoch_in_phase,
+                "best": best,
+                "early_stopping": stopper.state(),
+            },
+        )
 
     def _result(
-        self, rule: Rule, data: DataBundle, status: str, reason: str, cost: dict[str, Reading],
-        history: list[dict[str, Any]], stopper: EarlyStopping, test: tuple[float, float] | None,
+        self,
+        rule: Rule,
+        data: DataBundle,
+        status: str,
+        reason: str,
+        cost: dict[str, Reading],
+        history: list[dict[str, Any]],
+        stopper: EarlyStopping,
+        test: tuple[float, float] | None,
     ) -> RunResult:
         cfg = self.config
         if self._suite is not None:  # derived totals; null + reason for anything unmeasured
@@ -381,23 +420,36 @@ class Trainer:
         }
         info = rule.info
         return RunResult(
-            status=status, reason=reason, rule=cfg.rule, model=cfg.model, dataset=cfg.dataset,
-            seed=cfg.seed, metrics=metrics, cost={k: r.to_dict() for k, r in cost.items()},
+            status=status,
+            reason=reason,
+            rule=cfg.rule,
+            model=cfg.model,
+            dataset=cfg.dataset,
+            seed=cfg.seed,
+            metrics=metrics,
+            cost={k: r.to_dict() for k, r in cost.items()},
             config=cfg.to_dict(),
             rule_info={
-                "title": info.title, "citation": info.citation, "reverse_ad": info.reverse_ad,
+                "title": info.title,
+                "citation": info.citation,
+                "reverse_ad": info.reverse_ad,
                 "backward_locking": info.backward_locking,
                 "weight_transport": info.weight_transport,
                 "forward_passes_per_step": info.forward_passes_per_step,
                 "rule_version": info.rule_version,
             },
-            data=data.info, run_dir=self.out,
+            data=data.info,
+            run_dir=self.out,
         )
 
 
 def train(
-    *, out: str | Path | None = None, resume: bool = False, progress: bool | None = None,
-    config: TrainConfig | None = None, **settings: Any,
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    config: TrainConfig | None = None,
+    **settings: Any,
 ) -> RunResult:
     """Train one rule on one model and dataset. See :class:`TrainConfig` for the settings."""
     if config is None:
