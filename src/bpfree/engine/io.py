@@ -10,10 +10,14 @@ from typing import Any
 
 import torch
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def _atomic(path: Path, write: Any, mode: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
