@@ -82,6 +82,24 @@ def evaluate(rule: Rule, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> t
     return correct.item() / n, loss.item() / n
 
 
+def train_epoch(
+    rule: Rule, data: DataBundle, batches: torch.Generator, batch_size: int, device: torch.device
+) -> tuple[torch.Tensor, int]:
+    """One pass over the training set in a fresh random order: the body of a timed window.
+
+    Returns the summed (detached) step losses and the step count; nothing here syncs the host.
+    """
+    n = data.train_x.shape[0]
+    perm = torch.randperm(n, generator=batches).to(device)  # (n,)
+    loss_sum = torch.zeros((), device=device)
+    steps = 0
+    for start in range(0, n, batch_size):
+        idx = perm[start : start + batch_size]  # (b,)
+        loss_sum += rule.train_step(Batch(data.train_x[idx], data.train_y[idx], idx))
+        steps += 1
+    return loss_sum, steps
+
+
 def _clone_modules(rule: Rule) -> dict[str, Any]:
     return {
         "modules": {k: v.detach().clone() for k, v in rule.modules.state_dict().items()},
@@ -258,7 +276,7 @@ class Trainer:
                             m.start()
                         if epoch_in_phase == 0:
                             rule.begin_phase(phase, data.train_x, data.train_y)
-                        loss_sum, steps = self._train_epoch(rule, data, batches, hp_batch, device)
+                        loss_sum, steps = train_epoch(rule, data, batches, hp_batch, device)
                         readings = [m.stop() for m in reversed(train_meters)][::-1]
                         accumulate(train_meters, readings)
                         suite.after_train(cost, rule, phase_i, first_epoch=epoch_in_phase == 0)
@@ -337,24 +355,6 @@ class Trainer:
             write_json(self.out / "result.json", result.to_dict())
             (self.out / CHECKPOINT).unlink(missing_ok=True)
         return result
-
-    def _train_epoch(
-        self,
-        rule: Rule,
-        data: DataBundle,
-        batches: torch.Generator,
-        batch_size: int,
-        device: torch.device,
-    ) -> tuple[torch.Tensor, int]:
-        n = data.train_x.shape[0]
-        perm = torch.randperm(n, generator=batches).to(device)  # (n,)
-        loss_sum = torch.zeros((), device=device)
-        steps = 0
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            loss_sum += rule.train_step(Batch(data.train_x[idx], data.train_y[idx], idx))
-            steps += 1
-        return loss_sum, steps
 
     def _checkpoint(
         self,
