@@ -1,9 +1,9 @@
 """What the meters cost: one training epoch with all meters on vs wall time only, interleaved.
 
-    python benchmarks/meter_overhead.py --reps 7 --write benchmarks/results/meter_overhead.md
+    python benchmarks/meter_overhead.py --reps 6 --write benchmarks/results/meter_overhead.md
 
-Runs bp on mlp_2x1000 for one epoch, alternating meters on / off (the order flips every pair so
-slow drift of a shared machine cancels), all in this one process on one in-memory dataset.
+Runs bp on mlp_2x1000 for one epoch with meters on, off, and off again (an A/A control that shows
+the machine's noise), in an order rotating every rep, all in this one process on one dataset.
 Reports, per configuration, the timed training window (``train_wall_time``), the process CPU
 time of the whole run, and the whole ``Trainer.run()`` call (which adds the probes, baselines
 and evaluation), as medians of per-pair ratios and as ratios of the minima (noise from other
@@ -12,12 +12,13 @@ jobs only ever adds time, so the minimum is the steadiest estimate on a shared m
 Because end-to-end ratios on a busy machine carry a few percent of noise, the meters' own work
 is also timed directly: their start/stop per window (done outside the timed region, but part of
 an epoch) and the per-phase probes (FLOPs, tensor memory), relative to the fastest epoch.
-Both runs of a pair do identical work (same seed, same data); their metrics are checked equal.
+All runs do identical work (same seed, same data); the on and off metrics are checked equal.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -79,7 +80,7 @@ def main() -> None:
         default=20000,
         help="first N training examples (0: the full set)",
     )
-    ap.add_argument("--reps", type=int, default=7, help="pairs of runs (on, off)")
+    ap.add_argument("--reps", type=int, default=6, help="reps of (on, off, control)")
     ap.add_argument("--write", help="Markdown file to write the result to")
     args = ap.parse_args()
     device = torch.device("cpu")
@@ -94,75 +95,88 @@ def main() -> None:
     }
     configs = {flag: TrainConfig.build({**base, "meters": flag}) for flag in (True, False)}
     one_run(configs[False], data)  # warm-up: allocator, kernels, page cache
-    rows = []
+    # Each rep runs: meters on, off, and off again (an A/A control showing the machine's noise),
+    # in an order that rotates every rep.
+    kinds = ("on", "off", "control")
+    rows: list[dict[str, tuple[float, float, float]]] = []
     for i in range(args.reps):
-        order = (True, False) if i % 2 == 0 else (False, True)
-        pair = {flag: one_run(configs[flag], data) for flag in order}
-        assert pair[True][3] == pair[False][3], "meters changed the training result"
-        rows.append((*pair[True][:3], *pair[False][:3]))
-        a, b, c, d, e, f = rows[-1]
+        order = kinds[i % 3 :] + kinds[: i % 3]
+        got = {k: one_run(configs[k == "on"], data) for k in order}
+        assert got["on"][3] == got["off"][3], "meters changed the training result"
+        rows.append({k: v[:3] for k, v in got.items()})
         print(
-            f"pair {i + 1}: window {a:.3f}/{d:.3f} s, cpu {b:.3f}/{e:.3f} s, run {c:.3f}/{f:.3f} s",
+            f"rep {i + 1} ({'/'.join(order)}): "
+            + ", ".join(
+                f"{k} window {v[0]:.2f} s cpu {v[1]:.2f} s run {v[2]:.2f} s"
+                for k, v in rows[-1].items()
+            ),
             flush=True,
         )
     meter_s, probe_s = direct_costs(configs[True], data)
 
-    def ratios(k: int) -> tuple[float, float]:
-        med = statistics.median(r[k] / r[k + 3] for r in rows)
-        return med, min(r[k] for r in rows) / min(r[k + 3] for r in rows)
+    def ratio(kind: str, k: int) -> tuple[float, float]:
+        med = statistics.median(r[kind][k] / r["off"][k] for r in rows)
+        return med, min(r[kind][k] for r in rows) / min(r["off"][k] for r in rows)
 
-    epoch = min(r[0] for r in rows)
+    epoch = min(r[k][0] for r in rows for k in kinds)
     env = describe(device)
     n_train = int(data.train_x.shape[0])
+    measures = (
+        ("timed training window", 0),
+        ("process CPU time of the run", 1),
+        ("whole `Trainer.run()`", 2),
+    )
     lines = [
         "# Meter overhead",
         "",
         f"bp on mlp_2x1000, one epoch of {n_train} {args.dataset} training examples (batch 128),"
-        f" CPU; {args.reps} interleaved pairs of runs (all meters on / wall time only) in one "
-        "process, after one warm-up run. Command: `python benchmarks/meter_overhead.py "
+        f" CPU, all in one process after one warm-up run. {args.reps} reps, each running: all "
+        "meters **on**, meters **off** (wall time only), and **off** again as an A/A *control* "
+        "whose ratio to *off* shows the machine's own noise; the order rotates every rep. "
+        "Command: `python benchmarks/meter_overhead.py "
         f"--train-samples {args.train_samples} --reps {args.reps}`.",
         "",
-        "| pair | window on (s) | window off (s) | CPU on (s) | CPU off (s) | run on (s) "
-        "| run off (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| rep | window on / off / control (s) | CPU on / off / control (s) "
+        "| run on / off / control (s) |",
+        "|---:|---|---|---|",
         *(
-            f"| {i + 1} | {a:.3f} | {d:.3f} | {b:.3f} | {e:.3f} | {c:.3f} | {f:.3f} |"
-            for i, (a, b, c, d, e, f) in enumerate(rows)
+            f"| {i + 1} | "
+            + " | ".join(" / ".join(f"{r[k][m]:.2f}" for k in kinds) for m in range(3))
+            + " |"
+            for i, r in enumerate(rows)
         ),
         "",
-        "Ratio meters on / off (median of per-pair ratios; ratio of the minima):",
+        "Ratios to *off* (median of per-rep ratios; ratio of the minima):",
         "",
-        "| measure | median ratio | ratio of minima |",
-        "|---|---:|---:|",
+        "| measure | on / off, median | on / off, minima | control / off, median "
+        "| control / off, minima |",
+        "|---|---:|---:|---:|---:|",
         *(
-            f"| {name} | {ratios(k)[0]:.4f} | {ratios(k)[1]:.4f} |"
-            for name, k in (
-                ("timed training window", 0),
-                ("process CPU time of the run", 1),
-                ("whole `Trainer.run()`", 2),
-            )
+            f"| {name} | {ratio('on', k)[0]:.4f} | {ratio('on', k)[1]:.4f} "
+            f"| {ratio('control', k)[0]:.4f} | {ratio('control', k)[1]:.4f} |"
+            for name, k in measures
         ),
         "",
         "The meters' own work, timed directly (median of 200 start/stop cycles; one probe set):",
         "",
         f"- start + stop of the non-timer meters per window: {meter_s * 1e6:.0f} µs "
         f"= {100 * meter_s / epoch:.4f}% of the fastest epoch ({epoch:.2f} s); done outside "
-        "the timed region (the timers start last and stop first)",
+        "the timed region (the timers start last and stop first); nothing of the meters runs "
+        "inside the window here (the RSS peak comes from the kernel's high-water mark, RAPL "
+        "and NVML are absent)",
         f"- per-phase probes (FLOPs of begin_phase, first, steady and partial steps; tensor "
         f"memory; predict on the validation and test batch sizes), outside every window: "
         f"{probe_s:.3f} s = {100 * probe_s / epoch:.2f}% of one epoch, once per phase "
         "(a smaller share of a run with more epochs)",
-        "- metrics of the two runs of every pair: identical (checked)",
+        "- metrics of *on* and *off* in every rep: identical (checked)",
         "",
         "Environment: "
         + ", ".join(
             f"{k}={env[k]}"
             for k in ("bpfree", "git_sha", "python", "torch", "cpu", "cpu_count", "torch_threads")
-        ),
-        "",
-        "The machine is shared with other jobs (load average above its 2 cores during these "
-        "runs); the spread between pairs shows that noise, which is far larger than the meters' "
-        "own cost measured directly above.",
+        )
+        + f"; load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+        "(the machine is shared with other jobs).",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
