@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The main job, short: backprop vs Mono-Forward on the same MLP, same split, budget and
-# stopping rule; prints a table. The full benchmark is in README.md.
+# The main job, short: Mono-Forward, Forward-Forward, Cascaded-Forward and DFA, each beside
+# backprop on the same network (same split, budget, stopping rule and seeds); prints the table
+# and writes runs/demo/report/report.html. The full benchmark command is in README.md.
 set -eu
 BIN="${BIN:-.venv/bin}"
 dataset=$(bash scripts/ensure-data.sh fashion_mnist)
-samples=10000
+samples=5000
 [ "$dataset" = digits ] && samples=1500
-"$BIN/python" benchmarks/seeds.py --rules bp,mf --model mlp_2x1000 --dataset "$dataset" \
-  --seeds 0 --epochs 3 --train-samples "$samples" --runs runs/demo
+"$BIN/bpfree" compare --rules mf,ff,cafo,dfa --dataset "$dataset" --seeds 1 --epochs 2 \
+  --train-samples "$samples" --out "runs/demo-$dataset" --quiet
