@@ -204,7 +204,9 @@ def test_killed_compare_rerun_does_each_run_once(tmp_path: Path) -> None:
     for run_dir in (out / "runs").iterdir():
         res = json.loads((run_dir / "result.json").read_text())
         assert res["status"] == "completed"
-        epochs = [json.loads(x)["epoch"] for x in (run_dir / "metrics.jsonl").read_text().split()]
+        epochs = [
+            json.loads(x)["epoch"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+        ]
         assert epochs == list(range(1, 13)), run_dir.name  # each epoch once, in order
 
 
