@@ -4,6 +4,8 @@
         --seeds 0,1,2 --runs runs/acceptance --write benchmarks/results/foundation.md
 
 Finished runs in --runs are reused (rerunning after an interruption continues where it stopped).
+A rule spec ``rule+label`` names a variant of ``rule`` with its own settings and run folders, e.g.
+``--rules cafo,cafo+dfa --set cafo+dfa:blocks=dfa`` (the label itself sets nothing).
 Prints hardware, versions and the per-seed numbers so the committed file states them.
 """
 
