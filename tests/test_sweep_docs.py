@@ -42,6 +42,9 @@ def sections() -> dict[str, list[tuple[str, str]]]:
 def shrink(code: str, suffix: str, storage: str | None = None) -> str:
     code = code.replace("fashion_mnist", "digits").replace("mlp_2x1000", "mlp_1x32")
     code = re.sub(r"--trials \d+", "--trials 3", code)
+    code = re.sub(r"--tune \d+", "--tune 2", code)
+    code = re.sub(r"--tune-epochs \d+", "--tune-epochs 2", code)
+    code = re.sub(r"--seeds \d+", "--seeds 2", code)
     code = re.sub(r"--epochs \d+", "--epochs 2", code)
     code = re.sub(r"--train-samples \d+", "--train-samples 600", code)
     code = re.sub(r"n_trials=\d+", "n_trials=3", code)
@@ -109,6 +112,35 @@ def test_documented_postgres_commands(tmp_path: Path) -> None:
     assert_exactly_n(study, PG, 3)
     assert "value:" in out  # optuna best-trial -f yaml
     optuna.delete_study(study_name=study, storage=open_storage(PG))
+
+
+def test_documented_shared_comparison_on_two_machines(tmp_path: Path) -> None:
+    """The documented `bpfree compare --tune --storage`, run at once in two folders (two
+    machines: nothing shared but the storage), on PostgreSQL if configured, else SQLite."""
+    [(_, code)] = sections()["Tuning inside a comparison"]
+    storage = PG or f"sqlite:///{tmp_path / 'cmp.db'}"
+    code = shrink(code, "x", storage).strip()
+    if PG:  # a comparison of its own: the test database persists
+        code = code.replace("--tune-epochs 2", f"--tune-epochs 2 --set data_seed={os.getpid()}")
+    script = [
+        f"mkdir m{i} && ( cd m{i} && {code} ) > m{i}.out 2> m{i}.err & p{i}=$!" for i in (1, 2)
+    ]
+    run_bash("\n".join([*script, "wait $p1", "wait $p2"]), tmp_path)
+    tables = [(tmp_path / f"m{i}/cmp-fmnist/report/table.md").read_text() for i in (1, 2)]
+    assert tables[0] == tables[1] and "tuned: 2 trials each, same budget" in tables[0]
+    manifest = json.loads((tmp_path / "m1/cmp-fmnist/compare.json").read_text())
+    runs = optuna.load_study(
+        study_name=manifest["shared"]["runs_study"], storage=open_storage(storage)
+    ).get_trials()
+    assert sorted(t.user_attrs["key"] for t in runs if t.state.name == "COMPLETE") == sorted(
+        r["key"] for r in manifest["runs"]
+    )
+    for study in manifest["tuning"]["studies"].values():
+        assert_exactly_n(study["study"], storage, 2)
+    if PG:
+        names = [s["study"] for s in manifest["tuning"]["studies"].values()]
+        for name in [*names, manifest["shared"]["runs_study"]]:
+            optuna.delete_study(study_name=name, storage=open_storage(PG))
 
 
 def test_documented_dashboard_reads_the_storage(tmp_path: Path) -> None:

@@ -163,3 +163,56 @@ def test_tuned_setting_cannot_also_be_fixed(storage: str) -> None:
 
 # Two worker processes at once on the default local file: tests/test_sweep_docs.py runs the
 # documented one-machine commands, which do exactly that.
+
+
+def test_concurrent_claims_never_share_a_ticket(storage: str) -> None:
+    # Optuna's own WAITING -> RUNNING switch reads, then writes: SQLite lets two workers both
+    # win it. claim_ticket's single conditional UPDATE does not.
+    import threading
+
+    from bpfree.sweep import open_storage
+    from bpfree.sweep.worker import claim_ticket
+
+    study = optuna.create_study(study_name="claims", storage=open_storage(storage))
+    for slot in range(40):
+        study.enqueue_trial({}, user_attrs={"slot": slot})
+    claimed: list[int] = []
+
+    def claimer() -> None:
+        raw = open_storage(storage)
+        mine = optuna.load_study(study_name="claims", storage=raw)
+        waiting = (optuna.trial.TrialState.WAITING,)
+        while tickets := mine.get_trials(deepcopy=False, states=waiting):
+            claimed.extend(t.number for t in tickets[:1] if claim_ticket(optuna, raw, t._trial_id))
+
+    threads = [threading.Thread(target=claimer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == list(range(40))
+
+
+def test_worker_dying_between_claim_and_first_heartbeat_is_noticed(storage: str) -> None:
+    from bpfree.sweep import Worker
+
+    class Died(BaseException):
+        pass
+
+    name = study_name()
+    budget = Budget(n_trials=2, heartbeat_interval_s=1, grace_period_s=2, pruner="none")
+    victim = Worker(create_or_join(name, storage, base=TINY, budget=budget))
+    real_beat = victim.storage.record_heartbeat
+
+    def beat(trial_id: int) -> None:
+        if victim.storage.get_trial(trial_id).state.name == "RUNNING":
+            raise Died  # dies at the first beat after its claim
+        real_beat(trial_id)
+
+    victim.storage.record_heartbeat = beat
+    with pytest.raises(Died):
+        victim.work()
+    [stuck] = [t for t in load_trials(name, storage) if t.state.name == "RUNNING"]
+    work(name, storage)  # notices the silent trial after the grace period and re-runs its slot
+    trials = assert_exactly_n(name, storage, 2)
+    assert trials[stuck.number].state.name == "FAIL"

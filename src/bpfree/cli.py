@@ -347,6 +347,29 @@ def _compare_parsers(sub: Any) -> None:
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--no-report", action="store_true", help="train only; no report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--tune",
+        type=int,
+        metavar="N",
+        help="first tune every rule and every backprop twin with N Optuna trials each, under "
+        "the same budget, and train the seeded runs with the best settings",
+    )
+    p.add_argument(
+        "--tune-epochs", type=int, metavar="E", help="epoch cap per tuning trial (default --epochs)"
+    )
+    p.add_argument(
+        "--tune-train-samples",
+        type=int,
+        metavar="N",
+        help="training subset of the tuning trials (default --train-samples)",
+    )
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="share the tuning trials and seeded runs with every process running this same "
+        "comparison through this storage (sqlite:///FILE or postgresql://...); without it "
+        "the runs are local and tuning uses <out>/tuning.db",
+    )
     r = sub.add_parser("report", help="tables, plots and report.html for a comparison directory")
     r.add_argument("dir")
     r.add_argument("--no-plots", action="store_true", help="tables only")
@@ -361,6 +384,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise BpfreeError(f"--model expects RULE=MODEL, got {item!r}")
         rule, model = item.split("=", 1)
         models[rule.strip()] = model.strip()
+    if args.tune is not None or args.storage:
+        _quiet_optuna_logs()
     result = compare(
         rules=args.rules,
         dataset=args.dataset,
@@ -374,6 +399,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         device=args.device,
         report=not args.no_report,
         progress=False if args.quiet else None,
+        tune=args.tune,
+        tune_epochs=args.tune_epochs,
+        tune_train_samples=args.tune_train_samples,
+        storage=args.storage,
     )
     if not args.no_report:
         print((result.out / "report" / "table.md").read_text(), end="")

@@ -1,9 +1,16 @@
-"""``bpfree compare``: run the plan, reusing finished runs, then write the report."""
+"""``bpfree compare``: run the plan, reusing finished runs, then write the report.
+
+With ``tune=N`` every rule variant and every backprop twin is first tuned with the same budget
+(:mod:`bpfree.compare.tune`); with ``storage=URL`` the tuning trials and the seeded runs are
+shared by every process running the same comparison (:mod:`bpfree.compare.queue`).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +22,7 @@ from bpfree.compare.plan import (
     parse_entries,
     plan_digest,
 )
+from bpfree.compare.tune import Target, study_name, tune_all
 from bpfree.config import TrainConfig
 from bpfree.data import load_dataset
 from bpfree.engine import RunResult, Trainer
@@ -22,8 +30,10 @@ from bpfree.engine.environment import resolve_device
 from bpfree.engine.io import read_json, write_json
 from bpfree.errors import ConfigError
 from bpfree.rules import parse_value
+from bpfree.sweep.storage import redact, resolve_url
 
 MANIFEST = "compare.json"
+TUNING_DB = "tuning.db"  # --tune without --storage: the studies live inside <out>
 
 
 @dataclass
@@ -32,6 +42,7 @@ class Comparison:
     entries: list[Entry]
     plan: list[PlannedRun]
     results: dict[str, RunResult]
+    tuning: dict[str, Any] | None = field(default=None)  # compare.json's "tuning" record
 
 
 def split_sets(
@@ -91,6 +102,30 @@ def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
     write_json(path, manifest)
 
 
+def _digest(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _tuning_targets(
+    plan: list[PlannedRun], entries: list[Entry], seed: int, overrides: dict[str, Any]
+) -> list[tuple[str, TrainConfig]]:
+    """(label, base settings) of every study: each entry, then each distinct twin, on the
+    comparison's first seed with the tuning epoch cap and training subset."""
+    first = {r.label: r.config for r in plan if r.config.seed == seed}
+    labels = [e.label for e in entries]
+    labels += list(dict.fromkeys(f"{BASELINE}@{e.model}" for e in entries))
+    return [(label, first[label].replace(**overrides)) for label in labels]
+
+
+def _tuned(plan: list[PlannedRun], records: dict[str, dict[str, Any]]) -> list[PlannedRun]:
+    """The plan with each label's best hyperparameters (keys and everything else unchanged)."""
+    return [
+        PlannedRun(r.key, r.label, r.config.replace(hparams=dict(records[r.label]["hparams"])))
+        for r in plan
+    ]
+
+
 def compare(
     *,
     rules: str,
@@ -106,12 +141,27 @@ def compare(
     report: bool = True,
     progress: bool | None = None,
     log: Any = None,
+    tune: int | None = None,
+    tune_epochs: int | None = None,
+    tune_train_samples: int | None = None,
+    storage: str | None = None,
+    budget: dict[str, Any] | None = None,
 ) -> Comparison:
     """Train each rule on its native network and backprop on the same network, then report.
 
     Interrupted and rerun with the same options, it reuses finished runs and resumes the
     interrupted one, so every run is done exactly once.
+
+    ``tune=N``: first tune every rule variant and every backprop twin with N trials under one
+    budget (``tune_epochs`` and ``tune_train_samples`` per trial, default the comparison's own;
+    ``budget`` holds further :class:`~bpfree.sweep.Budget` settings, e.g. ``sampler_seed``),
+    then train the seeded runs with each study's best settings. The studies live in ``storage``,
+    else in ``<out>/tuning.db``. ``storage=URL``: several processes running the same comparison
+    share its tuning trials and seeded runs through that storage (``budget``'s heartbeat
+    settings apply to both).
     """
+    from bpfree.sweep.budget import Budget
+
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out)
     labels = [r.strip() for r in rules.split(",") if r.strip()]
@@ -127,8 +177,27 @@ def compare(
     entries = parse_entries(rules, dataset, models, scoped)
     seed_list = parse_seeds(seeds)
     plan = build_plan(entries, dataset, seed_list, base, scoped.get(BASELINE))
+    plan_budget = Budget.from_dict({"n_trials": tune or 1, **(budget or {})})
+    request: dict[str, Any] | None = None
+    if tune is not None:
+        first = plan[0].config
+        request = {
+            "trials": tune,
+            "budget": plan_budget.to_dict(),
+            "sampler_pruner": plan_budget.describe(),
+            "epochs": tune_epochs if tune_epochs is not None else first.epochs,
+            "train_samples": (
+                tune_train_samples if tune_train_samples is not None else first.train_samples
+            ),
+            "seed": seed_list[0],
+        }
+    # The comparison's identity: its runs (without where data lives) and its tuning request.
+    shared = [
+        [r.key, {k: v for k, v in r.config.to_dict().items() if k != "data_dir"}] for r in plan
+    ]
+    prefix = "cmp-" + _digest(shared, request)
     manifest = {
-        "digest": plan_digest(plan),
+        "digest": plan_digest(plan) if request is None else _digest(plan_digest(plan), request),
         "dataset": dataset,
         "seeds": seed_list,
         "entries": [
@@ -143,8 +212,32 @@ def compare(
         ],
         "runs": [{"key": r.key, "label": r.label, "config": r.config.to_dict()} for r in plan],
     }
+    url = None
+    if storage is not None:
+        url = resolve_url(storage)
+        manifest["shared"] = {"storage": redact(url), "runs_study": f"{prefix}-runs"}
     out.mkdir(parents=True, exist_ok=True)
     _check_manifest(out, manifest)
+    tuning = None
+    if request is not None:
+        tune_url = url or resolve_url(str((out / TUNING_DB).resolve()))
+        overrides = {"epochs": request["epochs"], "train_samples": request["train_samples"]}
+        targets = [
+            Target(label, study_name(prefix, label), cfg)
+            for label, cfg in _tuning_targets(plan, entries, seed_list[0], overrides)
+        ]
+        log(
+            f"tuning {len(targets)} studies, {tune} trials each, same budget "
+            f"({request['epochs']} epochs per trial) in {redact(tune_url)}"
+        )
+        records = tune_all(targets, plan_budget, tune_url, log=log, progress=progress)
+        tuning = {**request, "storage": redact(tune_url), "studies": records}
+        plan = _tuned(plan, records)
+        manifest["tuning"] = tuning
+        manifest["runs"] = [
+            {"key": r.key, "label": r.label, "config": r.config.to_dict()} for r in plan
+        ]
+        write_json(out / MANIFEST, manifest)
     first = plan[0].config
     data = load_dataset(
         dataset,
@@ -154,18 +247,43 @@ def compare(
         train_samples=first.train_samples,
         device=resolve_device(first.device),
     )
-    results: dict[str, RunResult] = {}
-    for i, run in enumerate(plan, 1):
+
+    def train(run: PlannedRun) -> RunResult:
         run_dir = out / "runs" / run.key
-        done = (run_dir / "result.json").exists() and not (run_dir / "checkpoint.pt").exists()
-        verb = "reused" if done else "training"
-        log(f"[{i}/{len(plan)}] {run.label} on {run.config.model}, seed {run.config.seed}: {verb}")
-        result = Trainer(run.config, run_dir, resume=True, progress=progress, data=data).run()
-        results[run.key] = result
-        if not done:
-            acc = result.metrics.get("test_accuracy")
-            log(f"        {result.status}" + (f", test accuracy {100 * acc:.2f}%" if acc else ""))
-    comparison = Comparison(out, entries, plan, results)
+        return Trainer(run.config, run_dir, resume=True, progress=progress, data=data).run()
+
+    if url is not None:
+        from bpfree.compare.queue import RunQueue
+
+        queue = RunQueue(
+            f"{prefix}-runs",
+            url,
+            plan,
+            out,
+            heartbeat_interval_s=plan_budget.heartbeat_interval_s,
+            grace_period_s=plan_budget.grace_period_s,
+            log=log,
+        )
+        results = queue.work(train)
+    else:
+        results = {}
+        for i, run in enumerate(plan, 1):
+            run_dir = out / "runs" / run.key
+            done = (run_dir / "result.json").exists() and not (run_dir / "checkpoint.pt").exists()
+            verb = "reused" if done else "training"
+            log(
+                f"[{i}/{len(plan)}] {run.label} on {run.config.model}, seed {run.config.seed}: "
+                f"{verb}"
+            )
+            result = train(run)
+            results[run.key] = result
+            if not done:
+                acc = result.metrics.get("test_accuracy")
+                log(
+                    f"        {result.status}"
+                    + (f", test accuracy {100 * acc:.2f}%" if acc else "")
+                )
+    comparison = Comparison(out, entries, plan, results, tuning)
     if report:
         from bpfree.report import write_report
 

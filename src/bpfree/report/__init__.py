@@ -17,6 +17,10 @@ def write_report(path: str | Path, *, plots: bool = True) -> str:
     rows = build_rows(groups)
     out = root / "report"
     table = markdown(rows)
+    if manifest.get("tuning"):
+        from bpfree.report.html import tuning_note
+
+        table += f"\n{tuning_note(manifest)}\n"
     write_text(out / "table.md", table)
     write_text(out / "table.csv", csv_text(rows))
     write_text(out / "table.tex", latex(rows))

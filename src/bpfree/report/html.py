@@ -27,6 +27,29 @@ dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px} dt{font-wei
 """
 
 
+def tuning_note(manifest: dict[str, Any]) -> str:
+    """One line on how the settings were chosen (``compare.json``'s ``tuning`` record)."""
+    t = manifest.get("tuning")
+    if not t:
+        return "not tuned: every rule ran with its default settings and --set values"
+    b = t["budget"]
+    pruner = "no pruner" if b["pruner"] == "none" else f"{b['pruner']} pruner"
+    return (
+        f"tuned: {t['trials']} trials each, same budget ({t['epochs']} epochs per trial, "
+        f"train_samples={t['train_samples']}, TPE seed {b['sampler_seed']}, {pruner}); "
+        f"studies in {t['storage']}: "
+        + "; ".join(
+            f"{label} {s['study']} (best trial {s['best_trial']}: "
+            + ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in s["tuned"].items()
+            )
+            + ")"
+            for label, s in t["studies"].items()
+        )
+    )
+
+
 def _provenance(
     manifest: dict[str, Any],
     env: dict[str, Any],
@@ -50,6 +73,7 @@ def _provenance(
         "dataset": manifest.get("dataset"),
         "seeds": ", ".join(map(str, manifest.get("seeds", []))),
         "budget (same for every run)": ", ".join(f"{k}={v}" for k, v in budget.items()),
+        "tuning": tuning_note(manifest),
         "hardware": f"{env.get('cpu')} ({env.get('cpu_count')} cores)"
         + (f", GPU {env['gpu']}" if env.get("gpu") else ""),
         "device": env.get("device"),

@@ -79,11 +79,13 @@ def cost_record(
 
 
 class DataCache:
-    """One worker loads the study's data once; every trial of the study shares the tensors."""
+    """One worker loads the study's data once; every trial of the study shares the tensors
+    (and so may the workers of several studies in one process: each rule is warmed up once)."""
 
     def __init__(self) -> None:
         self._key: tuple[Any, ...] | None = None
         self._data: DataBundle | None = None
+        self._warm: set[tuple[str, str]] = set()
 
     def get(self, cfg: TrainConfig) -> DataBundle:
         key = (
@@ -103,8 +105,10 @@ class DataCache:
                 train_samples=cfg.train_samples,
                 device=resolve_device(cfg.device),
             )
-            self._key = key
+            self._key, self._warm = key, set()
+        if (cfg.rule, cfg.model) not in self._warm:
             _warm_up(cfg, self._data)
+            self._warm.add((cfg.rule, cfg.model))
         return self._data
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,8 @@ from bpfree.errors import ConfigError
 STORAGE_ENV = "BPFREE_STORAGE"
 DEFAULT_FILE = "bpfree-sweeps.db"
 SQLITE_LOCK_TIMEOUT_S = 60  # a writer waits this long for another process's lock
+CREATE_RETRIES = 5  # opening a new database races with other processes creating its tables
+RACE_MESSAGES = ("already exists", "duplicate key", "UniqueViolation", "UNIQUE constraint failed")
 
 
 def import_optuna() -> Any:
@@ -117,16 +120,24 @@ def open_storage(
         engine_kwargs = {"pool_pre_ping": True}  # survive a server restart between trials
     import sqlalchemy.exc
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval_s,
-                grace_period=grace_period_s,
-                heartbeat_stale_trial_callback=stale_trial_callback,
-            )
-        except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"cannot open sweep storage {redact(url)}: {first}") from exc
+    for attempt in range(CREATE_RETRIES + 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval_s,
+                    grace_period=grace_period_s,
+                    heartbeat_stale_trial_callback=stale_trial_callback,
+                )
+            except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error) as exc:
+                text = str(exc).strip()
+                # Processes that open a new database at once race to create its tables; the
+                # loser sees "already exists" (or a duplicate key in PostgreSQL's catalog).
+                if attempt < CREATE_RETRIES and any(m in text for m in RACE_MESSAGES):
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                first = text.splitlines()[0] if text else type(exc).__name__
+                raise ConfigError(f"cannot open sweep storage {redact(url)}: {first}") from exc
+    raise AssertionError("unreachable")

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from bpfree.config import TrainConfig
@@ -45,7 +46,38 @@ from bpfree.sweep.storage import open_storage
 from bpfree.sweep.study import SweepError, SweepSpec, create_or_join, quiet_optuna, worker_id
 
 
-class _Heartbeat:
+def claim_ticket(optuna: Any, storage: Any, trial_id: int) -> bool:
+    """Switch a WAITING ticket to RUNNING, atomically; False if another worker won.
+
+    One conditional ``UPDATE ... WHERE state = 'WAITING'`` decides: Optuna's own
+    ``set_trial_state_values`` reads the state and then writes it, which PostgreSQL serializes
+    (``SELECT ... FOR UPDATE``) but SQLite does not, so on the default storage two workers
+    could both "claim" one ticket.
+
+    The heartbeat is recorded *before* the switch: Optuna never fails a RUNNING trial that has
+    no heartbeat at all, so a worker that died between claiming and its first beat would leave
+    the trial RUNNING forever. Beating a WAITING trial is harmless (staleness is only checked
+    for RUNNING ones), and a claim that loses the race has only refreshed the winner's beat.
+    """
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    TrialState = optuna.trial.TrialState
+    storage.record_heartbeat(trial_id)
+    claim = (
+        sqlalchemy.update(models.TrialModel)
+        .where(models.TrialModel.trial_id == trial_id)
+        .where(models.TrialModel.state == TrialState.WAITING)
+        .values(state=TrialState.RUNNING, datetime_start=datetime.now())
+    )
+    with storage.engine.begin() as connection:
+        claimed = connection.execute(claim).rowcount == 1
+    if claimed:
+        storage.record_heartbeat(trial_id)  # fresh from the moment it runs
+    return claimed
+
+
+class Heartbeat:
     """Records the running trial's heartbeat from a thread, as ``study.optimize`` would."""
 
     def __init__(self, storage: Any, trial_id: int, interval_s: int) -> None:
@@ -60,7 +92,7 @@ class _Heartbeat:
             if self.stop.wait(self.interval_s):
                 return
 
-    def __enter__(self) -> _Heartbeat:
+    def __enter__(self) -> Heartbeat:
         self.thread.start()
         return self
 
@@ -74,7 +106,7 @@ class WorkReport:
     """What one worker did."""
 
     trials: list[Any] = field(default_factory=list)  # FrozenTrials this worker finished
-    status: str = "complete"  # complete | gave_up | stopped (max_trials reached)
+    status: str = "complete"  # complete | gave_up | stopped (max_trials) | busy (wait=False)
 
 
 def _counts(trials: list[Any]) -> dict[str, int]:
@@ -99,8 +131,11 @@ class Worker:
         *,
         progress: bool = False,
         on_trial: Callable[[Any], None] | None = None,
+        data: DataCache | None = None,
     ) -> None:
+        """``data``: a cache to share with other workers of this process (one dataset load)."""
         self.optuna = quiet_optuna()
+        self.data = data if data is not None else DataCache()
         self.spec, self.budget = spec, spec.budget
         self.progress, self.on_trial = progress, on_trial
         self.storage = open_storage(
@@ -144,13 +179,8 @@ class Worker:
         TrialState = self.optuna.trial.TrialState
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         for ticket in sorted(waiting, key=lambda t: t.number):
-            try:
-                if not self.storage.set_trial_state_values(ticket._trial_id, TrialState.RUNNING):
-                    continue  # another worker claimed it first
-            except self.optuna.exceptions.UpdateFinishedTrialError:
-                continue
-            # Beat at once: Optuna never fails a RUNNING trial that has no heartbeat yet.
-            self.storage.record_heartbeat(ticket._trial_id)
+            if not claim_ticket(self.optuna, self.storage, ticket._trial_id):
+                continue  # another worker claimed it first
             slot = ticket.user_attrs.get("slot")
             live = self.study.get_trials(
                 deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
@@ -178,7 +208,7 @@ class Worker:
     def _run(self, trial: Any, data: DataCache) -> TrialOutcome:
         TrialState = self.optuna.trial.TrialState
         trial.set_user_attr("worker", worker_id())
-        with _Heartbeat(self.storage, trial._trial_id, self.budget.heartbeat_interval_s):
+        with Heartbeat(self.storage, trial._trial_id, self.budget.heartbeat_interval_s):
             outcome = run_trial(trial, self.spec.base, data, progress=self.progress)
         try:
             trial.set_user_attr("cost", outcome.cost)
@@ -200,11 +230,15 @@ class Worker:
         return outcome
 
     # ---- the loop -------------------------------------------------------------------------
-    def work(self, max_trials: int | None = None) -> WorkReport:
-        """Run trials until the study holds ``n_trials`` finished ones (or ``max_trials`` here)."""
+    def work(self, max_trials: int | None = None, *, wait: bool = True) -> WorkReport:
+        """Run trials until the study holds ``n_trials`` finished ones (or ``max_trials`` here).
+
+        ``wait=False``: return (status ``busy``) instead of waiting while other workers run the
+        last trials, so a process can work on another study meanwhile.
+        """
         optuna = self.optuna
         report = WorkReport()
-        data, loaded = DataCache(), False
+        data, loaded = self.data, False
         n = self.budget.n_trials
         while True:
             optuna.storages.fail_stale_trials(self.study)
@@ -225,6 +259,9 @@ class Worker:
             if trial is None:
                 if not counts.get("WAITING") and not counts.get("RUNNING"):
                     self._repair(trials)
+                elif not wait:
+                    report.status = "busy"
+                    return report
                 else:
                     time.sleep(self.poll_s)  # others are running the last trials
                 continue
