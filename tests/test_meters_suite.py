@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,10 +23,15 @@ def cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
 
-def test_train_result_has_every_cost_name(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_train_result_has_every_cost_name(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    code = main(
+    # A fresh process: in this one, earlier tests' freed memory would be reused by training
+    # without raising the resident set, and the (correct) reading would be 0 B.
+    proc = subprocess.run(
         [
+            sys.executable,
+            "-m",
+            "bpfree",
             "train",
             "--rule",
             "bp",
@@ -40,9 +48,13 @@ def test_train_result_has_every_cost_name(tmp_path: Path, capsys: pytest.Capture
             str(out),
             "--country",
             "FR",
-        ]
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        timeout=300,
     )
-    assert code == 0
+    assert proc.returncode == 0, proc.stderr
     cost = json.loads((out / "result.json").read_text())["cost"]
     for name in REQUIRED:
         assert name in cost, name
@@ -69,7 +81,7 @@ def test_train_result_has_every_cost_name(tmp_path: Path, capsys: pytest.Capture
             "note": cost["carbon"]["note"],
         }
         assert "table:FRA" in cost["carbon"]["note"]
-    text = capsys.readouterr().out
+    text = proc.stdout
     assert "train FLOPs" in text and "n/a" in text  # unavailable values print n/a, never 0
 
 
