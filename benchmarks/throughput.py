@@ -5,7 +5,8 @@
 In one invocation: measures the machine's float32 matmul peak (large square matmuls, best of
 several), counts one training step's FLOPs per rule with torch's FlopCounterMode (on a copy of
 the rule, so training is untouched), then times full training epochs through the trainer's own
-epoch loop, interleaving the rules and taking medians (the machine is shared and noisy).
+epoch loop after one untimed warm-up epoch each, interleaving the rules and taking medians (the
+machine is shared and noisy).
 Targets from the foundation issue: backprop >= 60% of the measured peak; Mono-Forward's epoch
 time <= 0.9x backprop's.
 """
@@ -73,6 +74,9 @@ def main() -> None:
         flops = step_flops(rule, Batch(data.train_x[idx], data.train_y[idx], idx))
         # FLOPs scale with the batch: a last partial batch costs its share.
         rules[name] = (rule, flops * n / bs, [])
+    for rule, _, _ in rules.values():  # untimed warm-up epoch (allocator, thread pool, caches)
+        rule.train()
+        train_epoch(rule, data, generator(1, "warmup"), rule.hp.batch_size, torch.device("cpu"))
     peaks = [matmul_peak()]
     for _ in range(reps):
         for rule, _, times in rules.values():
