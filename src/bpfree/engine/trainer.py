@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from bpfree.config import TrainConfig
 from bpfree.data import DataBundle, load_dataset
+from bpfree.engine.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from bpfree.engine.early_stopping import EarlyStopping
 from bpfree.engine.environment import describe, resolve_device
 from bpfree.engine.io import read_json, save_torch, write_json, write_text
@@ -40,8 +41,6 @@ from bpfree.meters.suite import MeterSuite
 from bpfree.models import create_model
 from bpfree.progress import progress_bar
 from bpfree.rules import Batch, Rule, create_rule
-
-CHECKPOINT = "checkpoint.pt"
 
 
 class RunInterrupted(BpfreeError):
@@ -156,18 +155,7 @@ class Trainer:
                     "or choose another --out"
                 )
             return None
-        if not ckpt.exists():
-            return None
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state["config"] != self.config.to_dict():
-            diff = sorted(
-                k for k in state["config"] if state["config"][k] != self.config.to_dict().get(k)
-            )
-            raise ConfigError(
-                f"{self.out} holds a run with different settings ({', '.join(diff)}); "
-                "resume it with the same settings or choose another --out"
-            )
-        return state
+        return load_checkpoint(self.out, self.config)
 
     def _finished_result(self) -> RunResult | None:
         if self.out is None or not self.resume:
@@ -367,24 +355,19 @@ class Trainer:
         best: dict[str, Any] | None,
         stopper: EarlyStopping,
     ) -> None:
-        if self.out is None:
-            return
-        assert rule.generator is not None
-        save_torch(
-            self.out / CHECKPOINT,
-            {
-                "config": self.config.to_dict(),
-                "rule": rule.state_dict(),
-                "batch_generator": batches.get_state(),
-                "rule_generator": rule.generator.get_state(),
-                "cost": {k: r.to_dict() for k, r in cost.items()},
-                "history": history,
-                "phase": phase,
-                "epoch_in_phase": epoch_in_phase,
-                "best": best,
-                "early_stopping": stopper.state(),
-            },
-        )
+        if self.out is not None:
+            save_checkpoint(
+                self.out,
+                self.config,
+                rule,
+                batches,
+                cost,
+                history,
+                phase,
+                epoch_in_phase,
+                best,
+                stopper,
+            )
 
     def _result(
         self,
