@@ -21,9 +21,9 @@ Choices and deviations:
   * Optimizer: Adam (lr 1e-4) by default. Nøkland trained with plain SGD-type updates; we use the
     toolkit's shared Adam so DFA and its backprop twin differ only in the gradient they follow.
     ``optimizer = "sgd"`` gives the paper's plain update.
-  * Feedback scale: B_l ~ U(-1/sqrt(C), 1/sqrt(C)) (Nøkland draws B from a uniform distribution).
-    Under Adam the scale of B_l cancels (per-parameter normalisation), so only its direction
-    matters; under SGD ``feedback_scale`` multiplies it.
+  * Feedback matrices: B_l ~ U(-s/sqrt(C), s/sqrt(C)) with s = ``feedback_scale`` (our choice
+    of distribution and scale). Under Adam the scale of B_l cancels (per-parameter
+    normalisation), so only its direction matters; under SGD it scales the hidden updates.
   * No dropout (the paper's 1.45% MNIST result used dropout); the bodies here have none.
 
 The reported training loss is the cross-entropy of the output layer.
