@@ -22,7 +22,7 @@ def _allocate_and_free(nbytes: int, hold_s: float = 0.0) -> None:
 def test_peak_rss_sees_allocation(method: str) -> None:
     meter = PeakRssMeter(method=method, interval_s=0.002)
     if meter.available() is not None:
-        pytest.skip(f"RSS meter unavailable here: {meter.available()}")
+        pytest.skip("RSS meter unavailable here: " + str(meter.available()))
     if method == "clear_refs":
         try:
             meter.start()
