@@ -8,6 +8,9 @@
 #
 # Exits non-zero (with the reason on stderr) when no server can be had on this machine.
 set -euo pipefail
+# Only the URL goes to stdout: every tool below (pg_ctlcluster prints "Removed stale pid file."
+# on a restarted machine) writes to stderr instead.
+exec 3>&1 1>&2
 ROLE=${BPFREE_PG_ROLE:-bpfree}
 PASSWORD=${BPFREE_PG_PASSWORD:-bpfree}
 DB=${BPFREE_PG_DB:-bpfree_test}
@@ -31,7 +34,10 @@ if ! pg_lsclusters -h | awk '{print $1, $2}' | grep -qx "$version main"; then
 fi
 port=$(pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" {print $3}')
 if ! pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" {print $4}' | grep -q online; then
-  pg_ctlcluster "$version" main start
+  # A machine restored from a snapshot can keep a socket lock naming a dead postmaster.
+  lock=/var/run/postgresql/.s.PGSQL.$port.lock
+  if [ -f "$lock" ] && ! kill -0 "$(head -1 "$lock")" 2>/dev/null; then rm -f "$lock"; fi
+  pg_ctlcluster "$version" main start 3>&-  # the server must not hold our stdout open
 fi
 for _ in $(seq 1 30); do
   pg_isready -q -h 127.0.0.1 -p "$port" && break
@@ -51,4 +57,4 @@ if [ "$(psql_admin "SELECT 1 FROM pg_database WHERE datname = '$DB'")" != 1 ]; t
 fi
 # The driver named explicitly: SQLAlchemy 2.1 reads a plain postgresql:// as psycopg 3, while
 # bpfree's sweep extra installs psycopg2 (bpfree itself accepts either form).
-echo "postgresql+psycopg2://$ROLE:$PASSWORD@127.0.0.1:$port/$DB"
+echo "postgresql+psycopg2://$ROLE:$PASSWORD@127.0.0.1:$port/$DB" >&3
