@@ -77,7 +77,10 @@ def _interrupt_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
     monkeypatch.setattr(Trainer, "_checkpoint", patched)
 
 
-@pytest.mark.parametrize("rule,hp", [("mf", {}), ("mf", {"schedule": "sequential"}), ("bp", {})])
+@pytest.mark.parametrize(
+    "rule,hp",
+    [("mf", {}), ("mf", {"schedule": "sequential"}), ("bp", {}), ("ff", {"lr_cooldown": True})],
+)
 def test_resume_gives_the_uninterrupted_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rule: str, hp: dict
 ) -> None:

@@ -16,6 +16,7 @@ rule's own update and the batch indexing (no ``.item()``, no callbacks, no loggi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import signal
@@ -210,7 +211,11 @@ class Trainer:
         cost: dict[str, Reading] = {}
         self.cost = cost  # live: a hook that stops the run still leaves what was spent
         history: list[dict[str, Any]] = []
-        phases = rule.phases()
+        # Each phase carries its effective epoch cap, so a rule can plan a schedule over it.
+        phases = [
+            dataclasses.replace(p, max_epochs=min(cfg.epochs, p.max_epochs or cfg.epochs))
+            for p in rule.phases()
+        ]
         phase_i, epoch_in_phase, best = 0, 0, None
         mode = "max" if cfg.monitor == "val_accuracy" else "min"
         stopper = EarlyStopping(mode, cfg.patience, cfg.min_delta)
@@ -246,7 +251,7 @@ class Trainer:
         try:
             while phase_i < len(phases):
                 phase = phases[phase_i]
-                cap = min(cfg.epochs, phase.max_epochs or cfg.epochs)  # the phase's own cap
+                cap = phase.max_epochs or cfg.epochs  # the phase's own cap (set above)
                 bar = progress_bar(
                     total=cap,
                     initial=epoch_in_phase,

@@ -168,7 +168,8 @@ class Phase:
     name: str
     index: int = 0
     max_epochs: int | None = None  # the phase's own epoch cap (e.g. 1 for a closed-form solve);
-    # the run's epoch cap still applies: the phase runs min(max_epochs, config epochs) at most
+    # the run's epoch cap still applies: the phase runs min(max_epochs, config epochs) at most;
+    # the trainer passes begin_phase the phase with max_epochs set to that effective cap
 
 
 class Rule(ABC):
