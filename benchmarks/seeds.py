@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--train-samples", type=int, default=None)
+    ap.add_argument("--patience", type=int, default=5, help="early-stopping patience (epochs)")
     ap.add_argument("--set", action="append", default=[], help="rule:key=value")
     ap.add_argument("--runs", default="runs/seeds")
     ap.add_argument("--write", help="Markdown file to write the table to")
@@ -57,6 +58,7 @@ def main() -> None:
                 dataset=args.dataset,
                 seed=seed,
                 epochs=args.epochs,
+                patience=args.patience,
                 hparams=hp,
                 train_samples=args.train_samples,
                 out=out,
@@ -92,7 +94,8 @@ def main() -> None:
         f"Python {env['python']}, torch {env['torch']}, numpy {env['numpy']}, "
         f"bpfree {env['bpfree']} ({env['git_sha']}).",
         f"Training set: {subset}, with a fixed 10% validation split (data seed 0); epoch cap "
-        f"{args.epochs}, early stopping on validation accuracy (patience 5), best weights "
+        f"{args.epochs}, early stopping on validation accuracy (patience {args.patience}), "
+        "best weights "
         "restored, "
         "test set evaluated once. Default hyperparameters unless listed.",
         "",
