@@ -159,6 +159,15 @@ def test_list_shows_rule_properties(capsys) -> None:
     assert "mlp_<depth>x<width>" in out and "fashion_mnist" in out
 
 
+def test_list_of_one_rule_shows_its_hyperparameters(capsys) -> None:
+    assert main(["list", "ff"]) == 0
+    out = capsys.readouterr().out
+    assert "lr_cooldown" in out and "label_scale" in out
+    assert "one of simultaneous, layerwise" in out
+    assert main(["list", "fff"]) == 2
+    assert "did you mean: ff" in capsys.readouterr().err
+
+
 def test_data_list(no_env_data: Path, capsys) -> None:
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out

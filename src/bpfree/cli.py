@@ -6,8 +6,10 @@ User mistakes (bad names, bad values, missing data) print one line and exit with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from bpfree.models import EXAMPLE_MODELS
     from bpfree.rules import RULES
 
+    if args.rule:
+        return _list_rule(RULES.get(args.rule))
     print(
         "Rules (reverse-mode AD / backward locking / weight transport / forward passes per step):"
     )
@@ -115,6 +119,27 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("Datasets:")
     for name, spec in DATASETS.items():
         print(f"  {name:<14} {spec.title}, {spec.num_classes} classes, input {spec.input_shape}")
+    return 0
+
+
+def _list_rule(cls: Any) -> int:
+    """A rule's card: properties, then every hyperparameter with its default (and choices)."""
+    i = cls.info
+    print(f"{i.name}: {i.title} ({i.citation})")
+    print(
+        f"  reverse_ad={i.reverse_ad}, backward_locking={str(i.backward_locking).lower()}, "
+        f"weight_transport={str(i.weight_transport).lower()}, "
+        f"forward_passes_per_step={i.forward_passes_per_step}, models: {', '.join(i.families)}"
+    )
+    print(f"Hyperparameters (set with --set key=value; in a comparison --set {i.name}.key=value):")
+    hints = typing.get_type_hints(cls.Hparams)
+    for f in dataclasses.fields(cls.Hparams):
+        hint = hints[f.name]
+        if typing.get_origin(hint) is typing.Literal:
+            kind = "one of " + ", ".join(str(c) for c in typing.get_args(hint))
+        else:
+            kind = getattr(hint, "__name__", str(hint))
+        print(f"  {f.name:<18} {f.default!s:<14} {kind}")
     return 0
 
 
@@ -266,7 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     add_sweep_parsers(sub)
     _compare_parsers(sub)
-    sub.add_parser("list", help="rules (with their properties), models and datasets")
+    lst = sub.add_parser("list", help="rules (with their properties), models and datasets")
+    lst.add_argument(
+        "rule", nargs="?", help="show this rule's hyperparameters and their defaults instead"
+    )
     env = sub.add_parser("env", help="hardware, versions, matmul peak, and which meters work here")
     env.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     env.add_argument("--refresh", action="store_true", help="remeasure the cached matmul peak")
