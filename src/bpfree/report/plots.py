@@ -59,6 +59,16 @@ def accuracy_vs_cost(rows: list[Row], attr: str, xlabel: str, scale: float = 1.0
         lw=1,
         label="Pareto front",
     )
+    xs = [x for x, _, _, _ in pts]
+    if min(xs) > 0 and max(xs) / min(xs) > 10:  # costs spanning decades: spread the cheap cluster
+        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        xlabel += " (log scale)"
+    ax.margins(x=0.12)  # room for the labels of the outermost points
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy % (mean ± std over seeds)")
     ax.grid(alpha=0.3)
