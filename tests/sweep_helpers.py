@@ -55,7 +55,7 @@ def wait_all(procs: list[subprocess.Popen[bytes]], logs: list[Path], timeout: fl
 
 
 def load_trials(study: str, storage: str) -> list[Any]:
-    from bpfree.sweep import open_storage
+    from bpfree.sweeps import open_storage
 
     return optuna.load_study(study_name=study, storage=open_storage(storage)).get_trials()
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from bpfree.cli import main
-from bpfree.compare import compare
-from bpfree.compare.plan import build_plan, native_model, parse_entries, protocol_fields
+from bpfree.comparison import compare
+from bpfree.comparison.plan import build_plan, native_model, parse_entries, protocol_fields
 from bpfree.errors import ConfigError
-from bpfree.report.plots import pareto_front
-from bpfree.report.stats import paired_ci
+from bpfree.reporting.plots import pareto_front
+from bpfree.reporting.stats import paired_ci
 
 TINY = dict(dataset="digits", seeds=2, epochs=2, models={"mf": "mlp_2x32"}, progress=False)
 

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import torch
 
-from bpfree.compare import compare
-from bpfree.sweep import open_storage
+from bpfree.comparison import compare
+from bpfree.sweeps import open_storage
 from sweep_helpers import assert_exactly_n, load_trials, worker_env
 
 optuna = pytest.importorskip("optuna")
@@ -183,7 +183,7 @@ def test_a_killed_process_run_is_rerun_by_another(tmp_path: Path) -> None:
     )
     victim_out = tmp_path / "victim"
     code = (
-        "import json, sys; from bpfree.compare import compare; "
+        "import json, sys; from bpfree.comparison import compare; "
         f"compare(**json.loads(sys.argv[1]), out={str(victim_out)!r})"
     )
     log = tmp_path / "victim.log"
@@ -230,7 +230,7 @@ def _runs_trials(out: Path, storage: str) -> list[Any]:
 def test_a_crashed_run_stops_the_comparison_and_a_rerun_queues_it_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bpfree.compare.runner as runner_mod
+    import bpfree.comparison.runner as runner_mod
 
     real = runner_mod.Trainer
 

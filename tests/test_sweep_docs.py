@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfree.sweep import open_storage
+from bpfree.sweeps import open_storage
 from sweep_helpers import assert_exactly_n, worker_env
 
 optuna = pytest.importorskip("optuna")

@@ -13,8 +13,8 @@ from bpfree.cli import main
 from bpfree.config import TrainConfig, load_toml
 from bpfree.engine import RunInterrupted, RunResult
 from bpfree.errors import ConfigError
-from bpfree.sweep import Budget, create_or_join, run_study, summarize, work
-from bpfree.sweep import objective as objective_mod
+from bpfree.sweeps import Budget, create_or_join, run_study, summarize, work
+from bpfree.sweeps import objective as objective_mod
 from sweep_helpers import (
     TINY,
     assert_exactly_n,
@@ -170,8 +170,8 @@ def test_concurrent_claims_never_share_a_ticket(storage: str) -> None:
     # win it. claim_ticket's single conditional UPDATE does not.
     import threading
 
-    from bpfree.sweep import open_storage
-    from bpfree.sweep.worker import claim_ticket
+    from bpfree.sweeps import open_storage
+    from bpfree.sweeps.worker import claim_ticket
 
     study = optuna.create_study(study_name="claims", storage=open_storage(storage))
     for slot in range(40):
@@ -194,7 +194,7 @@ def test_concurrent_claims_never_share_a_ticket(storage: str) -> None:
 
 
 def test_worker_dying_between_claim_and_first_heartbeat_is_noticed(storage: str) -> None:
-    from bpfree.sweep import Worker
+    from bpfree.sweeps import Worker
 
     class Died(BaseException):
         pass

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bpfree.config import TrainConfig
-from bpfree.sweep import Budget, create_or_join, open_storage
+from bpfree.sweeps import Budget, create_or_join, open_storage
 from sweep_helpers import (
     TINY,
     assert_exactly_n,

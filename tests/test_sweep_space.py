@@ -11,8 +11,8 @@ import pytest
 from bpfree.config import TrainConfig, load_toml
 from bpfree.errors import ConfigError
 from bpfree.rules import RULES
-from bpfree.sweep import Budget, SweepSummary, best_toml, resolve_url, search_space
-from bpfree.sweep.storage import redact
+from bpfree.sweeps import Budget, SweepSummary, best_toml, resolve_url, search_space
+from bpfree.sweeps.storage import redact
 
 optuna = pytest.importorskip("optuna", reason="sweeps need the 'sweep' extra (optuna)")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bpfree.errors import BpfreeError
-from bpfree.sweep.cli import add_parsers as add_sweep_parsers
-from bpfree.sweep.cli import cmd_sweep, cmd_worker, quiet_optuna_logs
+from bpfree.sweeps.cli import add_parsers as add_sweep_parsers
+from bpfree.sweeps.cli import cmd_sweep, cmd_worker, quiet_optuna_logs
 
 
 def _train_parser(sub: Any) -> None:
@@ -238,7 +238,7 @@ def _compare_parsers(sub: Any) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from bpfree.compare import compare
+    from bpfree.comparison import compare
 
     models = {}
     for item in args.model:
@@ -273,7 +273,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from bpfree.report import write_report
+    from bpfree.reporting import write_report
 
     print(write_report(args.dir, plots=not args.no_plots), end="")
     print(f"report: {Path(args.dir) / 'report' / 'report.html'}")

@@ -1,7 +1,7 @@
 """The seeded runs of a comparison, shared by several processes through one storage.
 
 ``bpfree compare --storage URL`` puts the comparison's seeded runs into one more Optuna study,
-``cmp-<digest>-runs``, in the same storage as its tuning studies (see :mod:`bpfree.sweep`):
+``cmp-<digest>-runs``, in the same storage as its tuning studies (see :mod:`bpfree.sweeps`):
 
 * At creation the study gets one *ticket* per planned run: a WAITING trial whose user
   attribute ``key`` names the run (its directory under ``<out>/runs``). The study also stores
@@ -33,14 +33,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bpfree.compare.plan import PlannedRun
+from bpfree.comparison.plan import PlannedRun
 from bpfree.engine import RunInterrupted, RunResult
 from bpfree.engine.io import read_json, write_json, write_text
 from bpfree.errors import ConfigError
-from bpfree.sweep.objective import DUPLICATE
-from bpfree.sweep.storage import open_storage, redact
-from bpfree.sweep.study import find_study, quiet_optuna, wait_ready, worker_id
-from bpfree.sweep.worker import Heartbeat, claim_ticket
+from bpfree.sweeps.objective import DUPLICATE
+from bpfree.sweeps.storage import open_storage, redact
+from bpfree.sweeps.study import find_study, quiet_optuna, wait_ready, worker_id
+from bpfree.sweeps.worker import Heartbeat, claim_ticket
 
 SCHEMA = 1
 KIND = "compare-runs"

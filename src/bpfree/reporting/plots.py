@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from bpfree.report.collect import Group
-from bpfree.report.tables import Row
+from bpfree.reporting.collect import Group
+from bpfree.reporting.tables import Row
 
 
 def _plt() -> Any:

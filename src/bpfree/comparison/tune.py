@@ -1,7 +1,7 @@
 """Equal-budget tuning inside a comparison (``bpfree compare --tune N``).
 
 Before the seeded runs, every rule variant and every distinct backprop twin ``bp@<model>`` gets
-one Optuna study (:mod:`bpfree.sweep`), all created with one :class:`~bpfree.sweep.Budget`
+one Optuna study (:mod:`bpfree.sweeps`), all created with one :class:`~bpfree.sweeps.Budget`
 (trials, sampler and its seed, pruner, failure limits) and the same base settings apart from the
 rule and its fixed hyperparameters: epoch cap and training subset of the tuning trials,
 patience, validation split, run seed (the comparison's first seed). A twin shared by two
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from bpfree.config import TrainConfig
-from bpfree.sweep.budget import Budget
-from bpfree.sweep.objective import DataCache
-from bpfree.sweep.study import SweepError, create_or_join
-from bpfree.sweep.worker import Worker
+from bpfree.sweeps.budget import Budget
+from bpfree.sweeps.objective import DataCache
+from bpfree.sweeps.study import SweepError, create_or_join
+from bpfree.sweeps.worker import Worker
 
 POLL_S = 1.0  # nothing to claim in any study: look again after this long
 
@@ -55,7 +55,7 @@ def tune_all(
     study has one waiting, round-robin, instead of idling while other processes run a study's
     last trials. Returns ``{label: record}`` with each study's best settings.
     """
-    from bpfree.sweep.report import summarize
+    from bpfree.sweeps.report import summarize
 
     cache = DataCache()  # one dataset load for every study of this process
     workers: dict[str, Worker] = {}

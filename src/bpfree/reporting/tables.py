@@ -12,8 +12,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from bpfree.report.collect import Group
-from bpfree.report.stats import mean_std, paired_ci
+from bpfree.reporting.collect import Group
+from bpfree.reporting.stats import mean_std, paired_ci
 
 NA = "n/a"
 

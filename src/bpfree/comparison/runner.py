@@ -1,8 +1,8 @@
 """``bpfree compare``: run the plan, reusing finished runs, then write the report.
 
 With ``tune=N`` every rule variant and every backprop twin is first tuned with the same budget
-(:mod:`bpfree.compare.tune`); with ``storage=URL`` the tuning trials and the seeded runs are
-shared by every process running the same comparison (:mod:`bpfree.compare.queue`).
+(:mod:`bpfree.comparison.tune`); with ``storage=URL`` the tuning trials and the seeded runs are
+shared by every process running the same comparison (:mod:`bpfree.comparison.queue`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bpfree.compare.plan import (
+from bpfree.comparison.plan import (
     BASELINE,
     Entry,
     PlannedRun,
@@ -22,7 +22,7 @@ from bpfree.compare.plan import (
     parse_entries,
     plan_digest,
 )
-from bpfree.compare.tune import Target, study_name, tune_all
+from bpfree.comparison.tune import Target, study_name, tune_all
 from bpfree.config import TrainConfig
 from bpfree.data import load_dataset
 from bpfree.engine import RunResult, Trainer
@@ -30,7 +30,7 @@ from bpfree.engine.environment import resolve_device
 from bpfree.engine.io import read_json, write_json
 from bpfree.errors import ConfigError
 from bpfree.rules import parse_value
-from bpfree.sweep.storage import redact, resolve_url
+from bpfree.sweeps.storage import redact, resolve_url
 
 MANIFEST = "compare.json"
 TUNING_DB = "tuning.db"  # --tune without --storage: the studies live inside <out>
@@ -154,13 +154,13 @@ def compare(
 
     ``tune=N``: first tune every rule variant and every backprop twin with N trials under one
     budget (``tune_epochs`` and ``tune_train_samples`` per trial, default the comparison's own;
-    ``budget`` holds further :class:`~bpfree.sweep.Budget` settings, e.g. ``sampler_seed``),
+    ``budget`` holds further :class:`~bpfree.sweeps.Budget` settings, e.g. ``sampler_seed``),
     then train the seeded runs with each study's best settings. The studies live in ``storage``,
     else in ``<out>/tuning.db``. ``storage=URL``: several processes running the same comparison
     share its tuning trials and seeded runs through that storage (``budget``'s heartbeat
     settings apply to both).
     """
-    from bpfree.sweep.budget import Budget
+    from bpfree.sweeps.budget import Budget
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out)
@@ -253,7 +253,7 @@ def compare(
         return Trainer(run.config, run_dir, resume=True, progress=progress, data=data).run()
 
     if url is not None:
-        from bpfree.compare.queue import RunQueue
+        from bpfree.comparison.queue import RunQueue
 
         queue = RunQueue(
             f"{prefix}-runs",
@@ -285,7 +285,7 @@ def compare(
                 )
     comparison = Comparison(out, entries, plan, results, tuning)
     if report:
-        from bpfree.report import write_report
+        from bpfree.reporting import write_report
 
         write_report(out)
     return comparison

@@ -1,7 +1,7 @@
 """Fair comparisons: each rule on its native network beside backprop on the same network."""
 
-from bpfree.compare.plan import NATIVE, Entry, PlannedRun, build_plan, native_model, parse_entries
-from bpfree.compare.runner import Comparison, compare
+from bpfree.comparison.plan import NATIVE, Entry, PlannedRun, build_plan, native_model, parse_entries
+from bpfree.comparison.runner import Comparison, compare
 
 __all__ = [
     "NATIVE",

@@ -6,11 +6,11 @@ result. ``run_study`` does all of it for one rule (what ``bpfree compare`` build
 imported lazily: ``pip install 'bpfree[sweep]'``.
 """
 
-from bpfree.sweep.budget import Budget, search_space
-from bpfree.sweep.report import SweepSummary, best_toml, export_best, summarize, sweep_cost
-from bpfree.sweep.storage import open_storage, resolve_url
-from bpfree.sweep.study import SweepError, SweepSpec, create_or_join, load_spec
-from bpfree.sweep.worker import Worker, WorkReport, run_study, work
+from bpfree.sweeps.budget import Budget, search_space
+from bpfree.sweeps.report import SweepSummary, best_toml, export_best, summarize, sweep_cost
+from bpfree.sweeps.storage import open_storage, resolve_url
+from bpfree.sweeps.study import SweepError, SweepSpec, create_or_join, load_spec
+from bpfree.sweeps.worker import Worker, WorkReport, run_study, work
 
 __all__ = [
     "Budget",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bpfree.engine.io import write_text
-from bpfree.report.collect import first_env, load_comparison
-from bpfree.report.tables import build_rows, csv_text, latex, markdown
+from bpfree.reporting.collect import first_env, load_comparison
+from bpfree.reporting.tables import build_rows, csv_text, latex, markdown
 
 
 def write_report(path: str | Path, *, plots: bool = True) -> str:
@@ -18,7 +18,7 @@ def write_report(path: str | Path, *, plots: bool = True) -> str:
     out = root / "report"
     table = markdown(rows)
     if manifest.get("tuning"):
-        from bpfree.report.html import tuning_note
+        from bpfree.reporting.html import tuning_note
 
         table += f"\n{tuning_note(manifest)}\n"
     write_text(out / "table.md", table)
@@ -26,7 +26,7 @@ def write_report(path: str | Path, *, plots: bool = True) -> str:
     write_text(out / "table.tex", latex(rows))
     figures: dict[str, bytes] = {}
     if plots:
-        from bpfree.report.plots import all_figures
+        from bpfree.reporting.plots import all_figures
 
         figures = all_figures(rows, groups)
         for name, png in figures.items():
@@ -36,7 +36,7 @@ def write_report(path: str | Path, *, plots: bool = True) -> str:
         for r in g.completed().values():
             for name, reading in r.get("cost", {}).items():
                 sources.setdefault(name, set()).add(str(reading.get("source")))
-    from bpfree.report.html import render
+    from bpfree.reporting.html import render
 
     write_text(
         out / "report.html",

@@ -31,8 +31,8 @@ from typing import Any
 
 from bpfree.config import TrainConfig
 from bpfree.engine.trainer import RunInterrupted
-from bpfree.sweep.budget import Budget
-from bpfree.sweep.objective import (
+from bpfree.sweeps.budget import Budget
+from bpfree.sweeps.objective import (
     COMPLETE,
     DUPLICATE,
     FAIL,
@@ -41,9 +41,9 @@ from bpfree.sweep.objective import (
     TrialOutcome,
     run_trial,
 )
-from bpfree.sweep.report import record_totals
-from bpfree.sweep.storage import open_storage
-from bpfree.sweep.study import SweepError, SweepSpec, create_or_join, quiet_optuna, worker_id
+from bpfree.sweeps.report import record_totals
+from bpfree.sweeps.storage import open_storage
+from bpfree.sweeps.study import SweepError, SweepSpec, create_or_join, quiet_optuna, worker_id
 
 
 def claim_ticket(optuna: Any, storage: Any, trial_id: int) -> bool:

@@ -2,8 +2,8 @@
 that joins uses them (a joiner's flags may only repeat them).
 
 A study is created with ``n_trials`` *tickets* (WAITING trials with a ``slot`` number) that the
-workers claim (see :mod:`bpfree.sweep.worker`); its user attributes hold the base
-:class:`~bpfree.config.TrainConfig`, the :class:`~bpfree.sweep.budget.Budget`, the sampler and
+workers claim (see :mod:`bpfree.sweeps.worker`); its user attributes hold the base
+:class:`~bpfree.config.TrainConfig`, the :class:`~bpfree.sweeps.budget.Budget`, the sampler and
 pruner in full, the search space and the rule's version. The study is readable by any Optuna
 tool (``optuna-dashboard``, ``optuna trials``).
 """
@@ -20,8 +20,8 @@ from typing import Any
 from bpfree.config import TrainConfig
 from bpfree.errors import BpfreeError, ConfigError
 from bpfree.rules import RULES
-from bpfree.sweep.budget import Budget, search_space
-from bpfree.sweep.storage import import_optuna, open_storage, redact, resolve_url
+from bpfree.sweeps.budget import Budget, search_space
+from bpfree.sweeps.storage import import_optuna, open_storage, redact, resolve_url
 
 SCHEMA = 1
 READY_TIMEOUT_S = 30.0  # a joining worker waits this long for the creator to finish set-up

@@ -88,14 +88,14 @@ def _trial_line(trial: Any) -> str:
 
 
 def _run_worker(args: argparse.Namespace, spec: Any) -> int:
-    from bpfree.sweep import Worker, summarize
+    from bpfree.sweeps import Worker, summarize
 
     def on_trial(trial: Any) -> None:
         if not args.quiet:
             print(_trial_line(trial), flush=True)
 
     if args.max_trials == 0:  # create (or check) only
-        from bpfree.sweep.storage import redact
+        from bpfree.sweeps.storage import redact
 
         where = f" --storage {redact(args.storage)}" if args.storage else ""
         print(
@@ -108,7 +108,7 @@ def _run_worker(args: argparse.Namespace, spec: Any) -> int:
     summary = summarize(spec.name, spec.storage)
     print(summary.format())
     if getattr(args, "export", None):
-        from bpfree.sweep import export_best
+        from bpfree.sweeps import export_best
 
         print(f"best settings written to {export_best(spec.name, spec.storage, args.export)}")
     return 0
@@ -116,7 +116,7 @@ def _run_worker(args: argparse.Namespace, spec: Any) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from bpfree.config import apply_sets, load_toml
-    from bpfree.sweep import create_or_join, export_best, summarize
+    from bpfree.sweeps import create_or_join, export_best, summarize
 
     quiet_optuna_logs()
     if args.status:
@@ -157,7 +157,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from bpfree.sweep import create_or_join
+    from bpfree.sweeps import create_or_join
 
     quiet_optuna_logs()
     base = {"data_dir": args.data_dir} if args.data_dir else None
@@ -166,6 +166,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def quiet_optuna_logs() -> None:
     # bpfree prints one line per trial; Optuna's own INFO/WARNING lines would repeat them.
-    from bpfree.sweep.storage import import_optuna
+    from bpfree.sweeps.storage import import_optuna
 
     import_optuna().logging.set_verbosity(import_optuna().logging.ERROR)

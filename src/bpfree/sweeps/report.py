@@ -17,8 +17,8 @@ from typing import Any
 from bpfree.engine.io import write_text
 from bpfree.errors import ConfigError
 from bpfree.meters.base import Reading, add, format_reading, peak
-from bpfree.sweep.objective import COMPLETE, DUPLICATE, FAIL, PRUNED
-from bpfree.sweep.storage import import_optuna, open_storage, redact, resolve_url
+from bpfree.sweeps.objective import COMPLETE, DUPLICATE, FAIL, PRUNED
+from bpfree.sweeps.storage import import_optuna, open_storage, redact, resolve_url
 
 # How a reading of each unit folds over trials: time, energy, work and carbon add up; memory
 # peaks take the maximum; rates and ratios (W, FLOP/s, utilisation) are not totalled.
@@ -137,7 +137,7 @@ def _short(value: Any) -> str:
 
 def summarize(study: str, storage: str | None = None) -> SweepSummary:
     """The state of study ``study``: counts, best trial, budget and total cost."""
-    from bpfree.sweep.study import find_study, wait_ready
+    from bpfree.sweeps.study import find_study, wait_ready
 
     optuna = import_optuna()
     url = resolve_url(storage)

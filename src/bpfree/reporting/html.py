@@ -6,8 +6,8 @@ import base64
 import html
 from typing import Any
 
-from bpfree.report.collect import Group
-from bpfree.report.tables import HEADERS, Row, cells
+from bpfree.reporting.collect import Group
+from bpfree.reporting.tables import HEADERS, Row, cells
 
 CAPTIONS = {
     "accuracy_vs_time": "Test accuracy against training wall time, with the Pareto front.",
