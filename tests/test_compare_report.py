@@ -144,23 +144,13 @@ def test_cli_compare_and_report(tmp_path: Path, capsys) -> None:
     assert main(["report", str(tmp_path / "c"), "--no-plots"]) == 0
     assert main(["report", str(tmp_path)]) == 2
     assert "not a comparison directory" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "compare",
-                "--rules",
-                "mf",
-                "--dataset",
-                "digits",
-                "--out",
-                str(tmp_path / "d"),
-                "--set",
-                "lr=0.1",
-            ]
-        )
-        == 2
-    )
-    assert "mf.lr=0.1" in capsys.readouterr().err
+    # One --set grammar: a key that is no trainer setting and no compared rule's is an error.
+    bad = ["compare", "--rules", "mf", "--dataset", "digits", "--out", str(tmp_path / "d")]
+    assert main([*bad, "--set", "lrr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "no compared rule has a setting 'lrr'" in err and "patience" in err
+    assert main([*bad, "--set", "ff.lr=0.1"]) == 2
+    assert "'ff' is not among the compared rules" in capsys.readouterr().err
 
 
 def test_killed_compare_rerun_does_each_run_once(tmp_path: Path) -> None:

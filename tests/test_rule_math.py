@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from bpfree.rules import Batch, Phase
 from bpfree.rules.forward_forward import embed_label, rms_normalize
-from bpfree.rules.sparsemax import sparsemax, sparsemax_loss
+from bpfree.rules.toolkit import sparsemax, sparsemax_loss
 from bpfree.testing.conformance import RuleCase
 
 

@@ -22,8 +22,10 @@ from bpfree.sweeps.cli import cmd_sweep, cmd_worker, quiet_optuna_logs
 def _train_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="train one rule on one model and dataset")
     p.add_argument("--rule", help="learning rule (see `bpfree list`)")
-    p.add_argument("--model", help="model, e.g. mlp_2x1000 or cnn_3block")
-    p.add_argument("--dataset", help="dataset: mnist, fashion_mnist, cifar10, cifar100, digits")
+    p.add_argument(
+        "--model", help="model (default: the rule's native network for the dataset; `bpfree list`)"
+    )
+    p.add_argument("--dataset", help="dataset (see `bpfree list`)")
     p.add_argument("--config", metavar="FILE.toml", help="settings file; flags override it")
     p.add_argument(
         "--set",
@@ -90,35 +92,48 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0 if result.status == "completed" else 1
 
 
+def _flag(value: bool) -> str:
+    return str(value).lower()
+
+
+def _properties(info: Any) -> str:
+    native = ", ".join(
+        f"{'any' if kind == '*' else kind} -> {model}" for kind, model in info.native.items()
+    )
+    return (
+        f"reverse_ad={info.reverse_ad}, backward_locking={_flag(info.backward_locking)}, "
+        f"weight_transport={_flag(info.weight_transport)}, "
+        f"forward_passes_per_step={info.forward_passes_per_step}, "
+        f"models: {', '.join(info.families)}; native: {native}"
+    )
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from bpfree.data import DATASETS
-    from bpfree.models import EXAMPLE_MODELS
+    from bpfree.models import MODELS
     from bpfree.rules import RULES
 
     if args.rule:
         return _list_rule(RULES.get(args.rule))
     print(
-        "Rules (reverse-mode AD / backward locking / weight transport / forward passes per step):"
+        "Rules (reverse-mode AD / backward locking / weight transport / forward passes per step;"
+        " native network per dataset kind):"
     )
     for name, cls in RULES.items():
-        i = cls.info
-        print(f"  {name:<6} {i.title}")
-        print(
-            f"         reverse_ad={i.reverse_ad}, "
-            f"backward_locking={str(i.backward_locking).lower()}, "
-            f"weight_transport={str(i.weight_transport).lower()}, "
-            f"forward_passes_per_step={i.forward_passes_per_step}, models: {', '.join(i.families)}"
-        )
-        print(f"         {i.citation}")
+        print(f"  {name:<6} {cls.info.title}")
+        print(f"         {_properties(cls.info)}")
+        print(f"         {cls.info.citation}")
     print("Models:")
-    print(
-        "  mlp_<depth>x<width>  any depth and width, e.g. "
-        + ", ".join(m for m in EXAMPLE_MODELS if m.startswith("mlp"))
-    )
-    print("  cnn_3block           3 x (conv3x3 -> ReLU -> maxpool2 -> BatchNorm), 32/128/512")
+    for pattern in MODELS.patterns():
+        print(f"  {pattern.display:<20} any depth and width, e.g. {', '.join(pattern.examples)}")
+    for name, entry in MODELS.items():
+        print(f"  {name:<20} {entry.description}")
     print("Datasets:")
     for name, spec in DATASETS.items():
-        print(f"  {name:<14} {spec.title}, {spec.num_classes} classes, input {spec.input_shape}")
+        print(
+            f"  {name:<14} {spec.title}, {spec.num_classes} classes, input {spec.input_shape}, "
+            f"kind {spec.kind}"
+        )
     return 0
 
 
@@ -126,11 +141,7 @@ def _list_rule(cls: Any) -> int:
     """A rule's card: properties, then every hyperparameter with its default (and choices)."""
     i = cls.info
     print(f"{i.name}: {i.title} ({i.citation})")
-    print(
-        f"  reverse_ad={i.reverse_ad}, backward_locking={str(i.backward_locking).lower()}, "
-        f"weight_transport={str(i.weight_transport).lower()}, "
-        f"forward_passes_per_step={i.forward_passes_per_step}, models: {', '.join(i.families)}"
-    )
+    print(f"  {_properties(i)}")
     print(f"Hyperparameters (set with --set key=value; in a comparison --set {i.name}.key=value):")
     hints = typing.get_type_hints(cls.Hparams)
     for f in dataclasses.fields(cls.Hparams):
@@ -153,7 +164,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
         print(f"{spec.name}: files verified (SHA-256) in {folder}")
         return 0
     for name, spec in DATASETS.items():
-        if spec.kind == "builtin":
+        if spec.format == "builtin":
             print(f"{name:<14} available   {spec.note}")
             continue
         where, looked = locate(spec, args.data_dir)
@@ -170,8 +181,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
-    from bpfree.engine.environment import resolve_device
-    from bpfree.meters.check import env_report, format_env
+    from bpfree.engine.environment import env_report, format_env, resolve_device
 
     print(format_env(env_report(resolve_device(args.device), refresh=args.refresh)))
     return 0

@@ -2,6 +2,11 @@
 
 Unknown keys are errors (a misspelled setting must never fall back to a default silently).
 Rule hyperparameters live in ``hparams`` and are checked against the rule's own dataclass.
+``model`` may be left out: the rule's native network for the dataset's kind is used.
+
+One ``--set`` grammar for every command (:func:`parse_sets`): ``key=value`` is a trainer setting
+when ``key`` names one, else a hyperparameter of the rule(s) being run; ``rule.key=value`` is a
+hyperparameter of that rule only (``hparams.key=value`` is the same as ``key=value``).
 """
 
 from __future__ import annotations
@@ -16,16 +21,18 @@ from typing import Any, Literal
 from bpfree.data import DATASETS
 from bpfree.errors import ConfigError, suggest
 from bpfree.meters.carbon import resolve_intensity
-from bpfree.models import MODELS, model_family
+from bpfree.models import model_family
 from bpfree.rules import RULES, create_rule
-from bpfree.rules.base import _coerce, parse_value
+from bpfree.settings import coerce, parse_value
+
+REQUIRED = ("rule", "dataset")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     rule: str
-    model: str
     dataset: str
+    model: str | None = None  # None: the rule's native network for this dataset's kind
     seed: int = 0
     epochs: int = 30  # cap per training phase
     patience: int = 5  # epochs without improvement of `monitor` before stopping
@@ -45,13 +52,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         info = RULES.get(self.rule).info
-        MODELS.get(self.model)
-        DATASETS.get(self.dataset)
+        kind = DATASETS.get(self.dataset).kind
+        if self.model is None:
+            object.__setattr__(self, "model", info.native_model(kind))
         if model_family(self.model) not in info.families:
             raise ConfigError(
                 f"rule {self.rule!r} cannot train {self.model!r}; it trains "
-                f"{' and '.join(info.families)} models (e.g. mlp_2x1000"
-                + (", cnn_3block)" if "cnn" in info.families else ")")
+                f"{' and '.join(info.families)} models (e.g. its native "
+                f"{info.native_model(kind)})"
             )
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
@@ -84,14 +92,14 @@ class TrainConfig:
         """Build from a mapping, coercing types and rejecting unknown keys."""
         names = cls.field_names()
         hints = typing.get_type_hints(cls)
-        for key in ("rule", "model", "dataset"):
+        for key in REQUIRED:
             if key not in values or values[key] in (None, ""):
                 raise ConfigError(f"missing required setting {key!r}")
         kwargs = {}
         for key, value in values.items():
             if key not in names:
                 raise ConfigError(f"unknown setting {key!r}{suggest(key, names)}")
-            kwargs[key] = value if key == "hparams" else _coerce(key, value, hints[key])
+            kwargs[key] = value if key == "hparams" else coerce(key, value, hints[key])
         if not isinstance(kwargs.get("hparams", {}), dict):
             raise ConfigError("hparams must be a table of rule settings")
         return cls(**kwargs)
@@ -116,25 +124,56 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_sets(values: dict[str, Any], sets: list[str]) -> dict[str, Any]:
-    """Apply ``--set key=value`` overrides: trainer settings by name, else rule hyperparameters.
+@dataclass
+class SetItems:
+    """``--set`` items sorted by what they set (see the module docstring)."""
 
-    ``hparams.<name>=v`` is accepted too. Unknown keys are caught when the config is built.
-    """
-    values = dict(values)
-    hparams = dict(values.get("hparams") or {})
-    trainer_keys = set(TrainConfig.field_names()) - {"rule", "model", "dataset", "hparams"}
-    for item in sets:
+    trainer: dict[str, Any] = field(default_factory=dict)  # trainer settings
+    rule: dict[str, Any] = field(default_factory=dict)  # hyperparameters of the rule(s) run
+    scoped: dict[str, dict[str, Any]] = field(default_factory=dict)  # rule -> hyperparameters
+
+
+TRAINER_KEYS = frozenset(TrainConfig.field_names()) - {"rule", "model", "dataset", "hparams"}
+
+
+def parse_sets(items: list[str]) -> SetItems:
+    """Sort ``--set key=value`` items into trainer settings, rule and scoped hyperparameters."""
+    out = SetItems()
+    for item in items:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        key = key.strip()
+        key, raw = (part.strip() for part in item.split("=", 1))
+        if not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
         value = parse_value(raw)
         if key.startswith("hparams."):
-            hparams[key.removeprefix("hparams.")] = value
-        elif key in trainer_keys:
-            values[key] = value
+            out.rule[key.removeprefix("hparams.")] = value
+        elif key in TRAINER_KEYS:
+            out.trainer[key] = value
+        elif "." in key:
+            scope, name = key.rsplit(".", 1)
+            out.scoped.setdefault(scope, {})[name] = value
         else:
-            hparams[key] = value
+            out.rule[key] = value
+    return out
+
+
+def apply_sets(values: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Apply ``--set`` items to the settings of a run of one rule (``train``, ``sweep``).
+
+    ``rule.key=value`` must name the run's rule; unknown keys are caught when the config is
+    built.
+    """
+    parsed = parse_sets(sets)
+    values = {**values, **parsed.trainer}
+    hparams = {**dict(values.get("hparams") or {}), **parsed.rule}
+    rule = values.get("rule")
+    for scope, items in parsed.scoped.items():
+        if scope != rule:
+            raise ConfigError(
+                f"--set {scope}.{next(iter(items))}: {scope!r} is not the rule of this run "
+                f"({rule!r}); write --set {next(iter(items))}=... or use {rule}.key"
+            )
+        hparams.update(items)
     values["hparams"] = hparams
     return values

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from bpfree.errors import ConfigError, unknown
@@ -13,17 +14,27 @@ T = TypeVar("T")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
+@dataclass(frozen=True)
+class Pattern(Generic[T]):
+    """A family of names (e.g. ``mlp_<depth>x<width>``) resolved to entries on demand."""
+
+    regex: re.Pattern[str]
+    resolve: Callable[[re.Match[str]], T]
+    display: str  # how the pattern is listed
+    examples: tuple[str, ...] = ()
+
+
 class Registry(Generic[T]):
     """Maps names to entries. Duplicate names are an error; unknown names suggest close ones.
 
-    A registry may also hold *patterns* (e.g. ``mlp_<depth>x<width>``): a resolver that turns a
-    matching name into an entry, listed under an example name.
+    A registry may also hold *patterns*: a resolver that turns a matching name into an entry,
+    listed under a display name with examples.
     """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
-        self._patterns: list[tuple[re.Pattern[str], Callable[[re.Match[str]], T], str]] = []
+        self._patterns: list[Pattern[T]] = []
 
     def register(self, name: str, entry: T) -> T:
         if not _NAME.match(name):
@@ -33,18 +44,26 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` (for a rule registered only for a while, e.g. in a test)."""
+        return self._entries.pop(name)
+
     def register_pattern(
-        self, pattern: str, resolve: Callable[[re.Match[str]], T], display: str
+        self,
+        pattern: str,
+        resolve: Callable[[re.Match[str]], T],
+        display: str,
+        examples: tuple[str, ...] = (),
     ) -> None:
-        self._patterns.append((re.compile(pattern), resolve, display))
+        self._patterns.append(Pattern(re.compile(pattern), resolve, display, examples))
 
     def get(self, name: str) -> T:
         if name in self._entries:
             return self._entries[name]
-        for pattern, resolve, _ in self._patterns:
-            match = pattern.fullmatch(name)
+        for pattern in self._patterns:
+            match = pattern.regex.fullmatch(name)
             if match:
-                return resolve(match)
+                return pattern.resolve(match)
         raise unknown(self.kind, name, self.names(include_patterns=True))
 
     def __contains__(self, name: str) -> bool:
@@ -57,8 +76,11 @@ class Registry(Generic[T]):
     def names(self, include_patterns: bool = False) -> list[str]:
         names = list(self._entries)
         if include_patterns:
-            names += [display for _, _, display in self._patterns]
+            names += [p.display for p in self._patterns]
         return names
 
+    def patterns(self) -> list[Pattern[T]]:
+        return list(self._patterns)
+
     def items(self) -> Iterator[tuple[str, T]]:
-        return iter(self._entries.items())
+        return iter(list(self._entries.items()))

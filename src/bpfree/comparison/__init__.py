@@ -1,10 +1,9 @@
 """Fair comparisons: each rule on its native network beside backprop on the same network."""
 
-from bpfree.comparison.plan import NATIVE, Entry, PlannedRun, build_plan, native_model, parse_entries
+from bpfree.comparison.plan import Entry, PlannedRun, build_plan, native_model, parse_entries
 from bpfree.comparison.runner import Comparison, compare
 
 __all__ = [
-    "NATIVE",
     "Comparison",
     "Entry",
     "PlannedRun",

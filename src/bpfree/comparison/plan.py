@@ -18,31 +18,14 @@ from typing import Any
 from bpfree.config import TrainConfig
 from bpfree.data import DATASETS
 from bpfree.errors import ConfigError
-from bpfree.rules import RULES, parse_value
+from bpfree.rules import RULES, baseline_rule, parse_value
 
-# Native architecture per rule and dataset (algorithms.md; the public benchmark study's choices).
-NATIVE: dict[str, dict[str, str]] = {
-    "mf": {
-        "mnist": "mlp_2x1000",
-        "fashion_mnist": "mlp_2x1000",
-        "digits": "mlp_2x1000",
-        "cifar10": "mlp_3x2000",
-        "cifar100": "mlp_3x2000",
-    },
-    "ff": {"*": "mlp_4x2000"},
-    "cafo": {"*": "cnn_3block"},
-    "dfa": {"*": "mlp_2x1000"},
-    "bp": {"*": "mlp_2x1000"},
-}
-BASELINE = "bp"
+BASELINE = baseline_rule()  # the backprop twin of every rule
 
 
 def native_model(rule: str, dataset: str) -> str:
-    table = NATIVE.get(rule)
-    if table is None:  # a rule without an entry: its first supported family's usual net
-        families = RULES.get(rule).info.families
-        return "cnn_3block" if families == ("cnn",) else "mlp_2x1000"
-    return table.get(dataset, table.get("*", "mlp_2x1000"))
+    """The network rule ``rule`` declares as native for the kind of ``dataset``."""
+    return RULES.get(rule).info.native_model(DATASETS.get(dataset).kind)
 
 
 @dataclass(frozen=True)
@@ -81,8 +64,10 @@ def parse_entries(
         name, *settings = raw.split(":")
         RULES.get(name)  # unknown rule -> ConfigError with suggestions
         if name == BASELINE and not settings:
-            raise ConfigError("bp is every rule's twin already; list the rules to compare with it")
-        hp: dict[str, Any] = {**scoped.get(name, {}), **scoped.get(raw, {})}
+            raise ConfigError(
+                f"{BASELINE} is every rule's twin already; list the rules to compare with it"
+            )
+        hp: dict[str, Any] = dict(scoped.get(name, {}))
         for item in settings:
             if "=" not in item:
                 raise ConfigError(f"rule variant {raw!r}: expected rule:key=value, got {item!r}")

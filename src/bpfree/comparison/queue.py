@@ -41,6 +41,7 @@ from bpfree.sweeps.objective import DUPLICATE
 from bpfree.sweeps.storage import open_storage, redact
 from bpfree.sweeps.study import find_study, quiet_optuna, wait_ready, worker_id
 from bpfree.sweeps.worker import Heartbeat, claim_ticket
+from bpfree.version import __version__
 
 SCHEMA = 1
 KIND = "compare-runs"
@@ -87,8 +88,6 @@ class RunQueue:
 
     # ---- the study ------------------------------------------------------------------------
     def _create_or_join(self) -> dict[str, Any]:
-        from bpfree import __version__
-
         optuna, raw = self.optuna, open_storage(self.url)
         configs = {r.key: shared_config(r.config.to_dict()) for r in self.plan}
         existing = find_study(optuna, self.name, raw)

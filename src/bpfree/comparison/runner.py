@@ -22,14 +22,15 @@ from bpfree.comparison.plan import (
     parse_entries,
     plan_digest,
 )
+from bpfree.comparison.queue import RunQueue
 from bpfree.comparison.tune import Target, study_name, tune_all
-from bpfree.config import TrainConfig
-from bpfree.data import load_dataset
-from bpfree.engine import RunResult, Trainer
-from bpfree.engine.environment import resolve_device
+from bpfree.config import TRAINER_KEYS, TrainConfig, parse_sets
+from bpfree.engine import RunResult, Trainer, load_data
 from bpfree.engine.io import read_json, write_json
 from bpfree.errors import ConfigError
-from bpfree.rules import parse_value
+from bpfree.reporting import write_report
+from bpfree.rules import RULES
+from bpfree.sweeps.budget import Budget
 from bpfree.sweeps.storage import redact, resolve_url
 
 MANIFEST = "compare.json"
@@ -48,33 +49,29 @@ class Comparison:
 def split_sets(
     sets: list[str], labels: list[str]
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """``--set`` items: ``key=value`` for trainer settings, ``rule.key=value`` for a rule's
-    hyperparameters (``bp.key=value`` for the backprop twins)."""
-    trainer_keys = set(TrainConfig.field_names()) - {"rule", "model", "dataset", "hparams", "seed"}
-    base: dict[str, Any] = {}
-    scoped: dict[str, dict[str, Any]] = {}
-    for item in sets:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, raw = (s.strip() for s in item.split("=", 1))
-        if key in trainer_keys:
-            base[key] = parse_value(raw)
-        elif "." in key:
-            scope, name = key.rsplit(".", 1)
-            scoped.setdefault(scope, {})[name] = parse_value(raw)
-        else:
-            raise ConfigError(
-                f"--set {key}: in a comparison, rule settings name their rule "
-                f"(e.g. --set mf.{key}={raw}); trainer settings: {', '.join(sorted(trainer_keys))}"
-            )
-    for scope in scoped:
-        if (
-            scope != BASELINE
-            and scope not in labels
-            and scope not in {label.split(":")[0] for label in labels}
-        ):
+    """``--set`` items of a comparison (the grammar of :func:`bpfree.config.parse_sets`):
+    ``key=value`` is a trainer setting, or a hyperparameter of every compared rule that has
+    it; ``rule.key=value`` a hyperparameter of that rule's entries only (a single variant takes
+    its own inline: ``cafo:blocks=dfa:ridge=3``), ``bp.key`` of the backprop twins. Returns
+    (trainer settings, hyperparameters by rule)."""
+    parsed = parse_sets(sets)
+    if "seed" in parsed.trainer:
+        raise ConfigError("--set seed: a comparison's seeds are given by --seeds")
+    rules = {label.split(":")[0] for label in labels}
+    for scope in parsed.scoped:
+        if scope != BASELINE and scope not in rules:
             raise ConfigError(f"--set {scope}.*: {scope!r} is not among the compared rules")
-    return base, scoped
+    scoped = {scope: dict(items) for scope, items in parsed.scoped.items()}
+    for key, value in parsed.rule.items():
+        takers = [r for r in sorted(rules) if key in RULES.get(r).Hparams.field_names()]
+        if not takers:
+            raise ConfigError(
+                f"--set {key}: no compared rule has a setting {key!r}, and it is no trainer "
+                f"setting (those are: {', '.join(sorted(TRAINER_KEYS - {'seed'}))})"
+            )
+        for r in takers:
+            scoped.setdefault(r, {}).setdefault(key, value)
+    return parsed.trainer, scoped
 
 
 def parse_seeds(seeds: int | str | list[int]) -> list[int]:
@@ -160,8 +157,6 @@ def compare(
     share its tuning trials and seeded runs through that storage (``budget``'s heartbeat
     settings apply to both).
     """
-    from bpfree.sweeps.budget import Budget
-
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out)
     labels = [r.strip() for r in rules.split(",") if r.strip()]
@@ -239,22 +234,13 @@ def compare(
         ]
         write_json(out / MANIFEST, manifest)
     first = plan[0].config
-    data = load_dataset(
-        dataset,
-        data_dir=first.data_dir,
-        val_fraction=first.val_fraction,
-        data_seed=first.data_seed,
-        train_samples=first.train_samples,
-        device=resolve_device(first.device),
-    )
+    data = load_data(first)
 
     def train(run: PlannedRun) -> RunResult:
         run_dir = out / "runs" / run.key
         return Trainer(run.config, run_dir, resume=True, progress=progress, data=data).run()
 
     if url is not None:
-        from bpfree.comparison.queue import RunQueue
-
         queue = RunQueue(
             f"{prefix}-runs",
             url,
@@ -285,7 +271,5 @@ def compare(
                 )
     comparison = Comparison(out, entries, plan, results, tuning)
     if report:
-        from bpfree.reporting import write_report
-
         write_report(out)
     return comparison

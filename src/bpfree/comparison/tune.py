@@ -22,6 +22,7 @@ from typing import Any
 from bpfree.config import TrainConfig
 from bpfree.sweeps.budget import Budget
 from bpfree.sweeps.objective import DataCache
+from bpfree.sweeps.report import summarize
 from bpfree.sweeps.study import SweepError, create_or_join
 from bpfree.sweeps.worker import Worker
 
@@ -55,8 +56,6 @@ def tune_all(
     study has one waiting, round-robin, instead of idling while other processes run a study's
     last trials. Returns ``{label: record}`` with each study's best settings.
     """
-    from bpfree.sweeps.report import summarize
-
     cache = DataCache()  # one dataset load for every study of this process
     workers: dict[str, Worker] = {}
     for t in targets:

@@ -36,13 +36,16 @@ class DatasetSpec:
     title: str
     num_classes: int
     input_shape: tuple[int, int, int]  # (channels, height, width)
-    kind: str  # "idx" | "cifar10" | "cifar100" | "builtin"
+    format: str  # file format: "idx" | "cifar10" | "cifar100" | "builtin"
     mean: tuple[float, ...]  # per-channel, on the [0, 1] pixel scale
     std: tuple[float, ...]
     remote: tuple[RemoteFile, ...] = ()
     aliases: tuple[str, ...] = ()
     note: str = ""
     classes: tuple[str, ...] = field(default=())
+    # What kind of data it is, for a rule's native network: "grayscale" (small gray images:
+    # the MNIST family, digits) or "color" (natural colour images: CIFAR).
+    kind: str = "grayscale"
 
 
 def _idx_files(bases: tuple[str, ...], sums: dict[str, str]) -> tuple[RemoteFile, ...]:
@@ -127,6 +130,7 @@ DATASETS.register(
             ),
         ),
         aliases=("cifar10", "cifar-10", "CIFAR10"),
+        kind="color",
     ),
 )
 DATASETS.register(
@@ -147,6 +151,7 @@ DATASETS.register(
             ),
         ),
         aliases=("cifar100", "cifar-100", "CIFAR100"),
+        kind="color",
     ),
 )
 DATASETS.register(
@@ -221,15 +226,15 @@ _CIFAR = {
 
 def locate(spec: DatasetSpec, data_dir: str | Path | None = None) -> tuple[Path | None, list[Path]]:
     """Find a dataset's files. Returns (where found or None, the folders looked in)."""
-    if spec.kind == "builtin":
+    if spec.format == "builtin":
         return None, []
     looked = _candidate_dirs(spec, search_roots(data_dir))
     for folder in looked:
-        if spec.kind == "idx":
+        if spec.format == "idx":
             if _find_idx(spec, folder):
                 return folder, looked
         else:
-            extracted, archive, probe = _CIFAR[spec.kind]
+            extracted, archive, probe = _CIFAR[spec.format]
             if (folder / extracted / probe).is_file():
                 return folder / extracted, looked
             if (folder / probe).is_file() and folder.name == extracted:
@@ -258,7 +263,7 @@ def read_raw(
     spec: DatasetSpec, data_dir: str | Path | None = None
 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], str]:
     """Read (train_x uint8 NCHW, train_y, test_x, test_y) and a description of the source."""
-    if spec.kind == "builtin":
+    if spec.format == "builtin":
         from sklearn.datasets import load_digits
 
         digits = load_digits()
@@ -270,7 +275,7 @@ def read_raw(
     where, looked = locate(spec, data_dir)
     if where is None:
         raise DataError(missing_message(spec, looked))
-    if spec.kind == "idx":
+    if spec.format == "idx":
         files = _find_idx(spec, where)
         assert files is not None
         arrays = {
@@ -294,9 +299,9 @@ def read_raw(
             arrays["test_images"][:, None].astype(np.uint8),
             arrays["test_labels"].astype(np.int64),
         ), str(where)
-    folder = _CIFAR[spec.kind][0]
+    folder = _CIFAR[spec.format][0]
     archive = CifarArchive(where, folder)
-    if spec.kind == "cifar10":
+    if spec.format == "cifar10":
         parts = [
             load_cifar_batch(archive.read(f"data_batch_{i}"), f"{where}:data_batch_{i}", "labels")
             for i in range(1, 6)

@@ -1,9 +1,9 @@
 """Checkpoints: everything a run needs to continue exactly where it stopped.
 
 Written atomically after every epoch, outside the timed windows; removed when the run finishes.
-Holds the rule (modules, optimizers, extra state), both generators, the accumulated cost, the
-per-epoch history, the phase and epoch, the best weights of the phase and the early-stopping
-state, plus the resolved config, so a resume with other settings is refused.
+Holds the rule (modules, optimizers, extra state), both generators, the loop state (phase,
+epoch, history, cost, best weights, early stopping), plus the resolved config, so a resume with
+other settings is refused.
 """
 
 from __future__ import annotations
@@ -14,26 +14,16 @@ from typing import Any
 import torch
 
 from bpfree.config import TrainConfig
-from bpfree.engine.early_stopping import EarlyStopping
 from bpfree.engine.io import save_torch
+from bpfree.engine.state import LoopState
 from bpfree.errors import ConfigError
-from bpfree.meters import Reading
 from bpfree.rules import Rule
 
 CHECKPOINT = "checkpoint.pt"
 
 
 def save_checkpoint(
-    out: Path,
-    config: TrainConfig,
-    rule: Rule,
-    batches: torch.Generator,
-    cost: dict[str, Reading],
-    history: list[dict[str, Any]],
-    phase: int,
-    epoch_in_phase: int,
-    best: dict[str, Any] | None,
-    stopper: EarlyStopping,
+    out: Path, config: TrainConfig, rule: Rule, batches: torch.Generator, state: LoopState
 ) -> None:
     assert rule.generator is not None
     save_torch(
@@ -43,12 +33,7 @@ def save_checkpoint(
             "rule": rule.state_dict(),
             "batch_generator": batches.get_state(),
             "rule_generator": rule.generator.get_state(),
-            "cost": {k: r.to_dict() for k, r in cost.items()},
-            "history": history,
-            "phase": phase,
-            "epoch_in_phase": epoch_in_phase,
-            "best": best,
-            "early_stopping": stopper.state(),
+            **state.to_checkpoint(),
         },
     )
 
@@ -67,3 +52,13 @@ def load_checkpoint(out: Path, config: TrainConfig) -> dict[str, Any] | None:
             "resume it with the same settings or choose another --out"
         )
     return state
+
+
+def restore(rule: Rule, batches: torch.Generator, ckpt: dict[str, Any]) -> None:
+    """Load a checkpoint's rule state and generators into a freshly built rule."""
+    rule.load_state_dict(ckpt["rule"])
+    batches.set_state(ckpt["batch_generator"])
+    gen = rule.generator
+    assert gen is not None
+    state = ckpt["rule_generator"]
+    gen.set_state(state.to(gen.device) if gen.device.type != "cpu" else state)

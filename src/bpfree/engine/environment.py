@@ -12,25 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def memory_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+from bpfree.errors import ConfigError
+from bpfree.hardware import cpu_model, memory_bytes
+from bpfree.meters.check import meter_status
+from bpfree.meters.peak import cache_path, matmul_peak
+from bpfree.version import __version__
 
 
 def git_sha() -> str | None:
@@ -59,8 +45,6 @@ def git_sha() -> str | None:
 
 
 def resolve_device(name: str) -> torch.device:
-    from bpfree.errors import ConfigError
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -69,8 +53,6 @@ def resolve_device(name: str) -> torch.device:
 
 
 def describe(device: torch.device | None = None) -> dict[str, Any]:
-    from bpfree import __version__
-
     info: dict[str, Any] = {
         "bpfree": __version__,
         "git_sha": git_sha(),
@@ -92,3 +74,31 @@ def describe(device: torch.device | None = None) -> dict[str, Any]:
             info["gpu_memory_bytes"] = props.total_memory
             info["cuda"] = torch.version.cuda
     return info
+
+
+def env_report(device: torch.device, *, refresh: bool = False) -> dict[str, Any]:
+    """``bpfree env``: :func:`describe` plus the matmul peak and each meter's status here."""
+    info = describe(device)
+    info["matmul_peak"] = matmul_peak(device, refresh=refresh)
+    info["matmul_peak_cache"] = str(cache_path())
+    info["meters"] = dict(meter_status(device))
+    return info
+
+
+def format_env(info: dict[str, Any]) -> str:
+    lines = ["Hardware and software:"]
+    for key, value in info.items():
+        if key in ("matmul_peak", "matmul_peak_cache", "meters"):
+            continue
+        lines.append(f"  {key:<18} {value}")
+    peak = info.get("matmul_peak")
+    if peak:
+        state = "cached" if peak.get("cached") else "measured now"
+        lines.append(
+            f"Matmul peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s ({peak['method']}, "
+            f"{state}, measured {peak['measured_at']}; cache {info['matmul_peak_cache']})"
+        )
+    lines.append("Meters:")
+    for name, status in info["meters"].items():
+        lines.append(f"  {name:<34} {status}")
+    return "\n".join(lines)

@@ -7,6 +7,20 @@ from pathlib import Path
 from typing import Any
 
 from bpfree.meters.base import format_reading
+from bpfree.rules import RuleInfo
+
+
+def rule_card(info: RuleInfo) -> dict[str, Any]:
+    """A rule's declared properties, as stored with every result."""
+    return {
+        "title": info.title,
+        "citation": info.citation,
+        "reverse_ad": info.reverse_ad,
+        "backward_locking": info.backward_locking,
+        "weight_transport": info.weight_transport,
+        "forward_passes_per_step": info.forward_passes_per_step,
+        "rule_version": info.rule_version,
+    }
 
 
 @dataclass

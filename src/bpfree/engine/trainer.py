@@ -3,8 +3,8 @@
 Per phase of the rule (one for most rules; one per layer for sequential ones):
 
     for each epoch:
-        [timed training window]  permute indices, rule.train_step on each batch
-        [timed eval window]      validation accuracy / loss
+        [window "train"]  permute indices, rule.train_step on each batch
+        [window "eval"]   validation accuracy / loss
         early stopping on the monitored metric; remember the best weights
         checkpoint (outside both windows)
     restore the phase's best weights
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import signal
 import threading
@@ -26,22 +25,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from bpfree.config import TrainConfig
-from bpfree.data import DataBundle, load_dataset
-from bpfree.engine.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from bpfree.engine.early_stopping import EarlyStopping
+from bpfree.data import DataBundle
+from bpfree.engine.build import build_rule, load_data
+from bpfree.engine.checkpoint import CHECKPOINT, restore, save_checkpoint
 from bpfree.engine.environment import describe, resolve_device
-from bpfree.engine.io import read_json, save_torch, write_json, write_text
-from bpfree.engine.result import RunResult
-from bpfree.engine.seeding import derive_seed, generator
-from bpfree.errors import BpfreeError, ConfigError
-from bpfree.meters import Meter, Reading
+from bpfree.engine.loop import evaluate, train_epoch
+from bpfree.engine.result import RunResult, rule_card
+from bpfree.engine.rundir import RunDir
+from bpfree.engine.seeding import generator
+from bpfree.engine.state import LoopState, new_stopper
+from bpfree.engine.windows import EVAL, TRAIN, Windows
+from bpfree.errors import BpfreeError
+from bpfree.meters import Reading
 from bpfree.meters.suite import MeterSuite
-from bpfree.models import create_model
 from bpfree.progress import progress_bar
-from bpfree.rules import Batch, Rule, create_rule
+from bpfree.rules import Phase, Rule
+
+__all__ = ["CHECKPOINT", "RunInterrupted", "Trainer", "evaluate", "train", "train_epoch"]
 
 
 class RunInterrupted(BpfreeError):
@@ -67,39 +69,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@torch.no_grad()
-def evaluate(rule: Rule, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``rule.predict`` on (x, y)."""
-    rule.eval()
-    correct = torch.zeros((), dtype=torch.long, device=x.device)
-    loss = torch.zeros((), device=x.device)
-    for start in range(0, x.shape[0], batch_size):
-        logits = rule.predict(x[start : start + batch_size])  # (b, C)
-        target = y[start : start + batch_size]
-        correct += (logits.argmax(dim=1) == target).sum()
-        loss += F.cross_entropy(logits, target, reduction="sum")
-    n = max(int(x.shape[0]), 1)
-    return correct.item() / n, loss.item() / n
-
-
-def train_epoch(
-    rule: Rule, data: DataBundle, batches: torch.Generator, batch_size: int, device: torch.device
-) -> tuple[torch.Tensor, int]:
-    """One pass over the training set in a fresh random order: the body of a timed window.
-
-    Returns the summed (detached) step losses and the step count; nothing here syncs the host.
-    """
-    n = data.train_x.shape[0]
-    perm = torch.randperm(n, generator=batches).to(device)  # (n,)
-    loss_sum = torch.zeros((), device=device)
-    steps = 0
-    for start in range(0, n, batch_size):
-        idx = perm[start : start + batch_size]  # (b,)
-        loss_sum += rule.train_step(Batch(data.train_x[idx], data.train_y[idx], idx))
-        steps += 1
-    return loss_sum, steps
-
-
 def _clone_modules(rule: Rule) -> dict[str, Any]:
     return {
         "modules": {k: v.detach().clone() for k, v in rule.modules.state_dict().items()},
@@ -110,6 +79,14 @@ def _clone_modules(rule: Rule) -> dict[str, Any]:
 def _restore_modules(rule: Rule, best: dict[str, Any]) -> None:
     rule.modules.load_state_dict(best["modules"])
     rule.load_extra_state(best["extra"])
+
+
+def effective_phases(rule: Rule, config: TrainConfig) -> list[Phase]:
+    """The rule's phases, each with its effective epoch cap (so a rule can plan over it)."""
+    return [
+        dataclasses.replace(p, max_epochs=min(config.epochs, p.max_epochs or config.epochs))
+        for p in rule.phases()
+    ]
 
 
 class Trainer:
@@ -133,7 +110,7 @@ class Trainer:
         raised."""
         self.config = config
         self.out = Path(out) if out is not None else None
-        self.resume = resume
+        self.rundir = RunDir(self.out, resume)
         self.progress = progress
         self.data = data
         self.on_epoch = on_epoch
@@ -141,238 +118,180 @@ class Trainer:
         self.cost: dict[str, Reading] = {}
         self._suite: MeterSuite | None = None
 
-    # ---- run directory ----------------------------------------------------------------------
-    def _check_run_dir(self) -> dict[str, Any] | None:
-        """Return the checkpoint to resume from (or None); refuse to clobber another run."""
-        if self.out is None:
-            if self.resume:
-                raise ConfigError("--resume needs --out (the run directory to continue)")
-            return None
-        ckpt, result = self.out / CHECKPOINT, self.out / "result.json"
-        if not self.resume:
-            if ckpt.exists() or result.exists():
-                raise ConfigError(
-                    f"{self.out} already holds a run; pass --resume to continue it "
-                    "or choose another --out"
-                )
-            return None
-        return load_checkpoint(self.out, self.config)
-
-    def _finished_result(self) -> RunResult | None:
-        if self.out is None or not self.resume:
-            return None
-        path = self.out / "result.json"
-        if path.exists() and not (self.out / CHECKPOINT).exists():
-            data = read_json(path)
-            if data.get("status") in ("completed", "diverged"):
-                return RunResult.from_dict(data, self.out)
-        return None
-
     # ---- the run ----------------------------------------------------------------------------
     def run(self) -> RunResult:
-        finished = self._finished_result()
+        finished = self.rundir.finished()
         if finished is not None:
             return finished
-        checkpoint = self._check_run_dir()
-        cfg = self.config
-        device = resolve_device(cfg.device)
+        ckpt = self.rundir.checkpoint(self.config)
+        device = resolve_device(self.config.device)
         if self.data is None:
-            self.data = load_dataset(
-                cfg.dataset,
-                data_dir=cfg.data_dir,
-                val_fraction=cfg.val_fraction,
-                data_seed=cfg.data_seed,
-                train_samples=cfg.train_samples,
-                device=device,
-            )
-        data = self.data
-        rule = create_rule(cfg.rule, cfg.hparams)
-        # Parameter initialisation draws from the global RNG: seed it from the run seed, and
-        # keep the caller's RNG state untouched.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(derive_seed(cfg.seed, "init"))
-            model = create_model(cfg.model, data.input_shape)
-            rule.setup(model, data.num_classes, device, generator(cfg.seed, "rule", device))
-        if self.out is not None:
-            self.out.mkdir(parents=True, exist_ok=True)
-            write_json(self.out / "config.json", cfg.to_dict())
-            write_json(self.out / "env.json", describe(device))
+            self.data = load_data(self.config, device)
+        rule = build_rule(self.config, self.data, device)
+        self.rundir.start(self.config, describe(device))
         with _sigterm_as_interrupt():
-            return self._loop(rule, data, device, checkpoint)
+            return self._train(rule, self.data, device, ckpt)
 
-    def _loop(
+    def _train(
         self, rule: Rule, data: DataBundle, device: torch.device, ckpt: dict[str, Any] | None
     ) -> RunResult:
         cfg = self.config
-        hp_batch = rule.hp.batch_size
         batches = generator(cfg.seed, "batches")  # CPU: permutations are drawn on the host
         suite = self._suite = MeterSuite(cfg, device, data)  # before training: baselines
-        train_meters, eval_meters = suite.train, suite.evaluation
-        cost: dict[str, Reading] = {}
-        self.cost = cost  # live: a hook that stops the run still leaves what was spent
-        history: list[dict[str, Any]] = []
-        # Each phase carries its effective epoch cap, so a rule can plan a schedule over it.
-        phases = [
-            dataclasses.replace(p, max_epochs=min(cfg.epochs, p.max_epochs or cfg.epochs))
-            for p in rule.phases()
-        ]
-        phase_i, epoch_in_phase, best = 0, 0, None
-        mode = "max" if cfg.monitor == "val_accuracy" else "min"
-        stopper = EarlyStopping(mode, cfg.patience, cfg.min_delta)
-        if ckpt is not None:
-            rule.load_state_dict(ckpt["rule"])
-            batches.set_state(ckpt["batch_generator"])
-            assert rule.generator is not None
-            rule.generator.set_state(
-                ckpt["rule_generator"].to(rule.generator.device)
-                if rule.generator.device.type != "cpu"
-                else ckpt["rule_generator"]
-            )
-            cost = {k: Reading.from_dict(v) for k, v in ckpt["cost"].items()}
-            self.cost = cost
-            history = ckpt["history"]
-            phase_i, epoch_in_phase, best = ckpt["phase"], ckpt["epoch_in_phase"], ckpt["best"]
-            stopper = EarlyStopping(**ckpt["early_stopping"])
-            if epoch_in_phase > 0:  # mid-phase: rebuild the phase's parts, then its state
-                rule.begin_phase(phases[phase_i], data.train_x, data.train_y)
-                rule.load_state_dict(ckpt["rule"])
-            if self.out is not None:
-                write_text(
-                    self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history)
-                )
-        elif self.out is not None:
-            write_text(self.out / "metrics.jsonl", "")
-
-        def accumulate(meters: list[Meter], readings: list[Reading]) -> None:
-            for m, r in zip(meters, readings, strict=True):
-                cost[m.name] = m.combine(cost.get(m.name), r)
-
-        status, reason = "completed", ""
+        windows = Windows({TRAIN: suite.train, EVAL: suite.evaluation})
+        phases = effective_phases(rule, cfg)
+        state = self._initial_state(rule, data, phases, batches, ckpt)
         try:
-            while phase_i < len(phases):
-                phase = phases[phase_i]
-                cap = phase.max_epochs or cfg.epochs  # the phase's own cap (set above)
-                bar = progress_bar(
-                    total=cap,
-                    initial=epoch_in_phase,
-                    desc=f"{cfg.rule} {phase.name}",
-                    unit="epoch",
-                    disable=None if self.progress is None else not self.progress,
-                )
-                with bar:
-                    while epoch_in_phase < cap and not stopper.should_stop:
-                        if epoch_in_phase == 0:  # probe the phase on a copy, before the window
-                            suite.before_phase(rule, phase_i, phase)
-                        # ---- timed training window ----
-                        rule.train()
-                        for m in train_meters:
-                            m.start()
-                        if epoch_in_phase == 0:
-                            rule.begin_phase(phase, data.train_x, data.train_y)
-                        loss_sum, steps = train_epoch(rule, data, batches, hp_batch, device)
-                        readings = [m.stop() for m in reversed(train_meters)][::-1]
-                        accumulate(train_meters, readings)
-                        suite.after_train(cost, rule, phase_i, first_epoch=epoch_in_phase == 0)
-                        train_loss = (loss_sum / steps).item()
-                        epoch_in_phase += 1
-                        epoch = len(history) + 1
-                        if not math.isfinite(train_loss):
-                            status = "diverged"
-                            reason = f"non-finite training loss ({train_loss}) in epoch {epoch}"
-                            break
-                        # ---- timed evaluation window ----
-                        for m in eval_meters:
-                            m.start()
-                        val_acc, val_loss = evaluate(
-                            rule, data.val_x, data.val_y, cfg.eval_batch_size
-                        )
-                        eval_readings = [m.stop() for m in eval_meters]
-                        accumulate(eval_meters, eval_readings)
-                        suite.after_eval(cost, rule, phase_i, int(data.val_x.shape[0]))
-                        value = val_acc if cfg.monitor == "val_accuracy" else val_loss
-                        improved = stopper.update(value, epoch)
-                        if improved:
-                            best = _clone_modules(rule)
-                        record = {
-                            "epoch": epoch,
-                            "phase": phase.name,
-                            "epoch_in_phase": epoch_in_phase,
-                            "train_loss": train_loss,
-                            "val_accuracy": val_acc,
-                            "val_loss": val_loss,
-                            "improved": improved,
-                            "train_wall_time_s": readings[-1].value,  # the wall timer is last
-                            "eval_wall_time_s": eval_readings[-1].value,
-                        }
-                        history.append(record)
-                        bar.update(1)
-                        bar.set_postfix(val_acc=f"{val_acc:.4f}", loss=f"{train_loss:.4f}")
-                        self._checkpoint(
-                            rule, batches, cost, history, phase_i, epoch_in_phase, best, stopper
-                        )
-                        if self.out is not None:  # after the checkpoint: resume rewrites it
-                            with open(self.out / "metrics.jsonl", "a") as f:
-                                f.write(json.dumps(record) + "\n")
-                        if self.on_epoch is not None:
-                            self.on_epoch(record)
-                if status != "completed":
+            while state.phase < len(phases):
+                self._run_phase(rule, data, device, phases, batches, windows, state)
+                if state.status != "completed":
                     break
-                if best is not None:
-                    _restore_modules(rule, best)  # the phase's best weights, before moving on
-                phase_i, epoch_in_phase = phase_i + 1, 0
-                if phase_i < len(phases):
-                    best, stopper = None, EarlyStopping(mode, cfg.patience, cfg.min_delta)
-                    self._checkpoint(rule, batches, cost, history, phase_i, 0, None, stopper)
+                self._end_phase(rule, batches, phases, state)
         except KeyboardInterrupt:
-            result = self._result(
-                rule, data, "interrupted", "interrupted by the user", cost, history, stopper, None
-            )
-            if self.out is not None:
-                write_json(self.out / "result.json", result.to_dict())
+            result = self._result(rule, data, "interrupted", "interrupted by the user", state)
+            self.rundir.write_result(result)
             raise RunInterrupted(
                 "run interrupted"
                 + (f"; continue it with --resume --out {self.out}" if self.out else "")
             ) from None
+        return self._finish(rule, data, phases, windows, state)
 
-        test = None
-        if status == "completed" and self.evaluate_test:
-            for m in eval_meters:
-                m.start()
-            test = evaluate(rule, data.test_x, data.test_y, cfg.eval_batch_size)
-            accumulate(eval_meters, [m.stop() for m in eval_meters])
-            suite.after_eval(cost, rule, len(phases) - 1, int(data.test_x.shape[0]))
-        result = self._result(rule, data, status, reason, cost, history, stopper, test)
-        if self.out is not None:
-            if status == "completed":
-                save_torch(self.out / "model.pt", rule.modules.state_dict())
-            write_json(self.out / "result.json", result.to_dict())
-            (self.out / CHECKPOINT).unlink(missing_ok=True)
-        return result
-
-    def _checkpoint(
+    def _initial_state(
         self,
         rule: Rule,
+        data: DataBundle,
+        phases: list[Phase],
         batches: torch.Generator,
-        cost: dict[str, Reading],
-        history: list[dict[str, Any]],
-        phase: int,
-        epoch_in_phase: int,
-        best: dict[str, Any] | None,
-        stopper: EarlyStopping,
+        ckpt: dict[str, Any] | None,
+    ) -> LoopState:
+        """A fresh loop state, or the checkpoint's (rule, generators and metrics restored)."""
+        if ckpt is None:
+            state = LoopState(stopper=new_stopper(self.config))
+        else:
+            restore(rule, batches, ckpt)
+            state = LoopState.from_checkpoint(ckpt)
+            if state.epoch_in_phase > 0:  # mid-phase: rebuild the phase's parts, then its state
+                rule.begin_phase(phases[state.phase], data.train_x, data.train_y)
+                rule.load_state_dict(ckpt["rule"])
+        self.cost = state.cost  # live: a hook that stops the run still leaves what was spent
+        self.rundir.reset_metrics(state.history)
+        return state
+
+    # ---- one phase, one epoch ---------------------------------------------------------------
+    def _run_phase(
+        self,
+        rule: Rule,
+        data: DataBundle,
+        device: torch.device,
+        phases: list[Phase],
+        batches: torch.Generator,
+        windows: Windows,
+        state: LoopState,
     ) -> None:
+        """Epochs of the current phase until its cap, early stopping or divergence."""
+        phase = phases[state.phase]
+        cap = phase.max_epochs or self.config.epochs
+        bar = progress_bar(
+            total=cap,
+            initial=state.epoch_in_phase,
+            desc=f"{self.config.rule} {phase.name}",
+            unit="epoch",
+            disable=None if self.progress is None else not self.progress,
+        )
+        with bar:
+            while state.epoch_in_phase < cap and not state.stopper.should_stop:
+                record = self._epoch(rule, data, device, phase, batches, windows, state)
+                if record is None:  # diverged
+                    return
+                bar.update(1)
+                bar.set_postfix(val_acc=f"{record['val_accuracy']:.4f}")
+                self._checkpoint(rule, batches, state)
+                self.rundir.append_metrics(record)  # after the checkpoint: resume rewrites it
+                if self.on_epoch is not None:
+                    self.on_epoch(record)
+
+    def _epoch(
+        self,
+        rule: Rule,
+        data: DataBundle,
+        device: torch.device,
+        phase: Phase,
+        batches: torch.Generator,
+        windows: Windows,
+        state: LoopState,
+    ) -> dict[str, Any] | None:
+        """One training window and one evaluation window; the epoch's record (None: diverged)."""
+        suite, first = self._suite, state.epoch_in_phase == 0
+        assert suite is not None
+        if first:  # probe the phase on a copy, before the window
+            suite.before_phase(rule, state.phase, phase)
+        rule.train()
+        with windows.measure(TRAIN, state.cost) as train:
+            if first:
+                rule.begin_phase(phase, data.train_x, data.train_y)
+            loss_sum, steps = train_epoch(rule, data, batches, rule.hp.batch_size, device)
+        suite.after_train(state.cost, rule, state.phase, first_epoch=first)
+        train_loss = (loss_sum / steps).item()
+        state.epoch_in_phase += 1
+        epoch = state.epoch + 1
+        if not math.isfinite(train_loss):
+            state.status = "diverged"
+            state.reason = f"non-finite training loss ({train_loss}) in epoch {epoch}"
+            return None
+        with windows.measure(EVAL, state.cost) as ev:
+            val_acc, val_loss = evaluate(rule, data.val_x, data.val_y, self.config.eval_batch_size)
+        suite.after_eval(state.cost, rule, state.phase, int(data.val_x.shape[0]))
+        value = val_acc if self.config.monitor == "val_accuracy" else val_loss
+        improved = state.stopper.update(value, epoch)
+        if improved:
+            state.best = _clone_modules(rule)
+        record = {
+            "epoch": epoch,
+            "phase": phase.name,
+            "epoch_in_phase": state.epoch_in_phase,
+            "train_loss": train_loss,
+            "val_accuracy": val_acc,
+            "val_loss": val_loss,
+            "improved": improved,
+            "train_wall_time_s": train.wall_s,
+            "eval_wall_time_s": ev.wall_s,
+        }
+        state.history.append(record)
+        return record
+
+    def _end_phase(
+        self, rule: Rule, batches: torch.Generator, phases: list[Phase], state: LoopState
+    ) -> None:
+        if state.best is not None:
+            _restore_modules(rule, state.best)  # the phase's best weights, before moving on
+        state.next_phase(self.config, len(phases))
+        if state.phase < len(phases):
+            self._checkpoint(rule, batches, state)
+
+    def _checkpoint(self, rule: Rule, batches: torch.Generator, state: LoopState) -> None:
         if self.out is not None:
-            save_checkpoint(
-                self.out,
-                self.config,
-                rule,
-                batches,
-                cost,
-                history,
-                phase,
-                epoch_in_phase,
-                best,
-                stopper,
-            )
+            save_checkpoint(self.out, self.config, rule, batches, state)
+
+    # ---- the end ----------------------------------------------------------------------------
+    def _finish(
+        self,
+        rule: Rule,
+        data: DataBundle,
+        phases: list[Phase],
+        windows: Windows,
+        state: LoopState,
+    ) -> RunResult:
+        """Test once (a completed run), write the result and the model."""
+        test = None
+        if state.status == "completed" and self.evaluate_test:
+            assert self._suite is not None
+            with windows.measure(EVAL, state.cost):
+                test = evaluate(rule, data.test_x, data.test_y, self.config.eval_batch_size)
+            self._suite.after_eval(state.cost, rule, len(phases) - 1, int(data.test_x.shape[0]))
+        result = self._result(rule, data, state.status, state.reason, state, test)
+        completed = state.status == "completed"
+        self.rundir.write_result(result, rule.modules.state_dict() if completed else None)
+        return result
 
     def _result(
         self,
@@ -380,15 +299,14 @@ class Trainer:
         data: DataBundle,
         status: str,
         reason: str,
-        cost: dict[str, Reading],
-        history: list[dict[str, Any]],
-        stopper: EarlyStopping,
-        test: tuple[float, float] | None,
+        state: LoopState,
+        test: tuple[float, float] | None = None,
     ) -> RunResult:
-        cfg = self.config
+        cfg, history = self.config, state.history
+        cost = state.cost
         if self._suite is not None:  # derived totals; null + reason for anything unmeasured
             cost = self._suite.finish(cost)
-        best_epoch = stopper.best_epoch if stopper.best_epoch > 0 else None
+        best_epoch = state.stopper.best_epoch if state.stopper.best_epoch > 0 else None
         best_record = next((h for h in history if h["epoch"] == best_epoch), None)
         phases: dict[str, dict[str, Any]] = {}
         for h in history:
@@ -406,26 +324,17 @@ class Trainer:
             "phases": phases,
             "num_parameters": rule.num_parameters(),
         }
-        info = rule.info
         return RunResult(
             status=status,
             reason=reason,
             rule=cfg.rule,
-            model=cfg.model,
+            model=str(cfg.model),
             dataset=cfg.dataset,
             seed=cfg.seed,
             metrics=metrics,
             cost={k: r.to_dict() for k, r in cost.items()},
             config=cfg.to_dict(),
-            rule_info={
-                "title": info.title,
-                "citation": info.citation,
-                "reverse_ad": info.reverse_ad,
-                "backward_locking": info.backward_locking,
-                "weight_transport": info.weight_transport,
-                "forward_passes_per_step": info.forward_passes_per_step,
-                "rule_version": info.rule_version,
-            },
+            rule_info=rule_card(rule.info),
             data=data.info,
             run_dir=self.out,
         )

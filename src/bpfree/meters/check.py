@@ -1,16 +1,12 @@
-"""``bpfree env``: hardware, software versions, the measured matmul peak, and for each meter
-whether it works on this machine and, if not, why."""
+"""For each meter: whether it works on this machine and, if not, why (for ``bpfree env``)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 
 from bpfree.meters.energy import NvmlEnergy, RaplMeter, import_pynvml
 from bpfree.meters.estimate import codecarbon_available
 from bpfree.meters.memory import CudaMemoryMeter, PeakRssMeter
-from bpfree.meters.peak import cache_path, matmul_peak
 
 
 def meter_status(device: torch.device) -> list[tuple[str, str]]:
@@ -69,32 +65,3 @@ def meter_status(device: torch.device) -> list[tuple[str, str]]:
         )
     )
     return rows
-
-
-def env_report(device: torch.device, *, refresh: bool = False) -> dict[str, Any]:
-    from bpfree.engine.environment import describe
-
-    info = describe(device)
-    info["matmul_peak"] = matmul_peak(device, refresh=refresh)
-    info["matmul_peak_cache"] = str(cache_path())
-    info["meters"] = dict(meter_status(device))
-    return info
-
-
-def format_env(info: dict[str, Any]) -> str:
-    lines = ["Hardware and software:"]
-    for key, value in info.items():
-        if key in ("matmul_peak", "matmul_peak_cache", "meters"):
-            continue
-        lines.append(f"  {key:<18} {value}")
-    peak = info.get("matmul_peak")
-    if peak:
-        state = "cached" if peak.get("cached") else "measured now"
-        lines.append(
-            f"Matmul peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s ({peak['method']}, "
-            f"{state}, measured {peak['measured_at']}; cache {info['matmul_peak_cache']})"
-        )
-    lines.append("Meters:")
-    for name, status in info["meters"].items():
-        lines.append(f"  {name:<34} {status}")
-    return "\n".join(lines)

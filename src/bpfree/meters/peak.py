@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from bpfree.data.catalog import user_cache_dir
+from bpfree.hardware import cpu_model
 from bpfree.meters.base import Reading
 from bpfree.meters.timing import synchronize
 
@@ -28,8 +29,6 @@ def cache_path() -> Path:
 
 
 def peak_key(device: torch.device) -> str:
-    from bpfree.engine.environment import cpu_model  # lazy: engine imports the meters
-
     if device.type == "cuda":
         what = f"cuda:{torch.cuda.get_device_name(device)}"
     else:

@@ -7,6 +7,7 @@ block), so the body is the same network for a rule and its backprop twin.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,16 @@ class ModelSpec:
     name: str
     family: str  # "mlp" | "cnn"
     description: str
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its name, family, one-line description and builder."""
+
+    name: str
+    family: str  # "mlp" | "cnn": what the rules' ``families`` refer to
+    description: str
+    build: Callable[[tuple[int, int, int]], BlockNet]  # input shape (C, H, W) -> the body
 
 
 class BlockNet(nn.Module):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from bpfree.engine.io import write_text
 from bpfree.reporting.collect import first_env, load_comparison
+from bpfree.reporting.html import render, tuning_note
+from bpfree.reporting.plots import all_figures
 from bpfree.reporting.tables import build_rows, csv_text, latex, markdown
 
 
@@ -18,16 +20,12 @@ def write_report(path: str | Path, *, plots: bool = True) -> str:
     out = root / "report"
     table = markdown(rows)
     if manifest.get("tuning"):
-        from bpfree.reporting.html import tuning_note
-
         table += f"\n{tuning_note(manifest)}\n"
     write_text(out / "table.md", table)
     write_text(out / "table.csv", csv_text(rows))
     write_text(out / "table.tex", latex(rows))
     figures: dict[str, bytes] = {}
     if plots:
-        from bpfree.reporting.plots import all_figures
-
         figures = all_figures(rows, groups)
         for name, png in figures.items():
             (out / f"{name}.png").write_bytes(png)
@@ -36,8 +34,6 @@ def write_report(path: str | Path, *, plots: bool = True) -> str:
         for r in g.completed().values():
             for name, reading in r.get("cost", {}).items():
                 sources.setdefault(name, set()).add(str(reading.get("source")))
-    from bpfree.reporting.html import render
-
     write_text(
         out / "report.html",
         render(manifest, first_env(root, manifest), groups, rows, figures, sources),
@@ -45,4 +41,10 @@ def write_report(path: str | Path, *, plots: bool = True) -> str:
     return table
 
 
-__all__ = ["write_report"]
+def report(path: str | Path, *, plots: bool = True) -> str:
+    """``bpfree.report(DIR)``: write the report of comparison directory ``DIR`` (tables, figures,
+    report.html under ``DIR/report``); return the Markdown table."""
+    return write_report(path, plots=plots)
+
+
+__all__ = ["report", "write_report"]

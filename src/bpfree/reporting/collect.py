@@ -50,7 +50,8 @@ def load_comparison(path: str | Path) -> tuple[dict[str, Any], dict[str, Group]]
     groups: dict[str, Group] = {}
     for e in manifest["entries"]:
         groups[e["label"]] = Group(e["label"], e["rule"], e["model"], e["twin"])
-        groups.setdefault(e["twin"], Group(e["twin"], "bp", e["model"], None))
+        twin_rule = e["twin"].split("@", 1)[0]  # "<baseline>@<model>"
+        groups.setdefault(e["twin"], Group(e["twin"], twin_rule, e["model"], None))
     for run in manifest["runs"]:
         run_dir = root / "runs" / run["key"]
         group = groups[run["label"]]

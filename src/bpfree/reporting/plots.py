@@ -7,6 +7,7 @@ from typing import Any
 
 from bpfree.reporting.collect import Group
 from bpfree.reporting.tables import Row
+from bpfree.rules import baseline_rule
 
 
 def _plt() -> Any:
@@ -45,10 +46,10 @@ def accuracy_vs_cost(rows: list[Row], attr: str, xlabel: str, scale: float = 1.0
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
+    twin = baseline_rule() + "@"
     for x, y, err, label in pts:
-        ax.errorbar(
-            x, y, yerr=err, fmt="o", capsize=3, color="gray" if label.startswith("bp@") else None
-        )
+        gray = "gray" if label.startswith(twin) else None
+        ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, color=gray)
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     front = pareto_front([(x, y) for x, y, _, _ in pts])
     ax.plot(

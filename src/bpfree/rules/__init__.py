@@ -1,19 +1,37 @@
-"""Rule registry. Adding a rule is one file plus one line here."""
+"""Learning rules. Adding a rule is one file in this package with ``@register_rule`` on its class:
+every module here is imported (and so registered) when the package is, in name order.
+
+See ``docs/adding-a-rule.md`` for the checklist and a worked example.
+"""
 
 from __future__ import annotations
 
-from bpfree.errors import ConfigError
-from bpfree.registry import Registry
-from bpfree.rules.base import Batch, Hparams, Phase, Rule, RuleInfo, parse_value
-from bpfree.rules.bp import Backprop
-from bpfree.rules.cafo import CascadedForward
-from bpfree.rules.dfa import DirectFeedbackAlignment
-from bpfree.rules.forward_forward import ForwardForward
-from bpfree.rules.mono_forward import MonoForward
+import importlib
+import pkgutil
 
-RULES: Registry[type[Rule]] = Registry("rule")
-for _rule in (Backprop, MonoForward, ForwardForward, CascadedForward, DirectFeedbackAlignment):
-    RULES.register(_rule.info.name, _rule)
+from bpfree.errors import ConfigError
+from bpfree.rules.base import (
+    RULES,
+    Batch,
+    Phase,
+    Rule,
+    RuleInfo,
+    baseline_rule,
+    register_rule,
+)
+from bpfree.rules.hparams import Hparams
+from bpfree.settings import parse_value
+
+_NOT_RULES = {"base", "hparams", "toolkit"}  # the contract and the toolkit, not rules
+
+
+def _discover() -> None:
+    for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if module.name not in _NOT_RULES and not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+_discover()
 
 
 def create_rule(name: str, hparams: dict[str, object] | Hparams | None = None) -> Rule:
@@ -27,4 +45,15 @@ def create_rule(name: str, hparams: dict[str, object] | Hparams | None = None) -
     return cls(cls.Hparams.from_dict(dict(hparams or {}), rule=name))
 
 
-__all__ = ["RULES", "Batch", "Hparams", "Phase", "Rule", "RuleInfo", "create_rule", "parse_value"]
+__all__ = [
+    "RULES",
+    "Batch",
+    "Hparams",
+    "Phase",
+    "Rule",
+    "RuleInfo",
+    "baseline_rule",
+    "create_rule",
+    "parse_value",
+    "register_rule",
+]

@@ -1,4 +1,16 @@
-"""The learning-rule protocol: a rule owns its update, the trainer owns the loop and the clock.
+"""The learning-rule contract: a rule owns its update, the trainer owns the loop and the clock.
+
+A rule is one class in one file under ``bpfree/rules/`` (or any module that is imported),
+registered with :func:`register_rule`. It declares a frozen :class:`RuleInfo` (what it is,
+what "backprop-free" means for it, its native network per dataset kind) and a frozen
+``Hparams`` dataclass (paper defaults and search space). The trainer calls, in order:
+
+    setup(model, num_classes, device, generator)   # attach the body, build heads/optimizers
+    for each phase in phases():                     # one for most rules
+        begin_phase(phase, train_x, train_y)        # inside the timed window
+        train_step(batch) ... per batch             # one update, returns the detached loss
+        predict(x) on validation batches            # logits, batch-independent
+    state_dict() / load_state_dict() for checkpoints
 
 A rule never times, logs, prints, reads files or calls ``.item()`` inside ``train_step``: any
 host synchronisation there would be billed to the rule's training time.
@@ -6,20 +18,21 @@ host synchronisation there would be billed to the rule's training time.
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, NamedTuple
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import torch
 from torch import nn
 
-from bpfree.errors import ConfigError, suggest
-from bpfree.models import BlockNet
+from bpfree.errors import ConfigError
+from bpfree.models import MODELS, BlockNet
+from bpfree.registry import Registry
+from bpfree.rules.hparams import Hparams
 
 ReverseAD = Literal["none", "within_block", "global"]
+ANY_KIND = "*"  # a native network for every dataset kind
 
 
 @dataclass(frozen=True)
@@ -34,125 +47,22 @@ class RuleInfo:
     weight_transport: bool  # does any update use the transpose of a forward weight?
     forward_passes_per_step: int
     families: tuple[str, ...]  # model families the rule can train ("mlp", "cnn")
+    # The network the rule is published on, per dataset kind ("grayscale", "color", ...; "*"
+    # for any): what `train` and `compare` use unless told otherwise.
+    native: Mapping[str, str] = field(default_factory=dict)
+    baseline: bool = False  # the end-to-end backprop baseline every rule is compared with
     rule_version: str = "1"
 
-
-def _range(
-    low: float | None = None, high: float | None = None, *, low_open: bool = False
-) -> dict[str, Any]:
-    return {"low": low, "high": high, "low_open": low_open}
-
-
-def positive(default: float) -> Any:
-    """A dataclass field that must be > 0."""
-    return dataclasses.field(default=default, metadata=_range(0.0, low_open=True))
-
-
-def nonnegative(default: float) -> Any:
-    return dataclasses.field(default=default, metadata=_range(0.0))
-
-
-def at_least(default: int, low: int) -> Any:
-    return dataclasses.field(default=default, metadata=_range(low))
-
-
-def in_range(default: float, low: float, high: float, *, low_open: bool = False) -> Any:
-    return dataclasses.field(default=default, metadata=_range(low, high, low_open=low_open))
-
-
-@dataclass(frozen=True)
-class Hparams:
-    """Base for a rule's frozen hyperparameters. Subclasses add fields with paper defaults."""
-
-    batch_size: int = at_least(128, 1)
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], rule: str = "") -> Hparams:
-        """Build from overrides; unknown keys and invalid values raise ConfigError."""
-        names = cls.field_names()
-        hints = typing.get_type_hints(cls)
-        kwargs = {}
-        for key, value in values.items():
-            if key not in names:
-                where = f" for rule {rule!r}" if rule else ""
-                hint = suggest(key, names)
-                raise ConfigError(
-                    f"unknown setting {key!r}{where}{hint}; valid: {', '.join(names)}"
-                )
-            kwargs[key] = _coerce(key, value, hints[key])
-        hp = cls(**kwargs)
-        hp.validate()
-        return hp
-
-    def validate(self) -> None:
-        """Check every field against its declared range; subclasses may add cross-field checks."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            low, high = f.metadata.get("low"), f.metadata.get("high")
-            if low is not None and (value < low or (f.metadata.get("low_open") and value == low)):
-                op = ">" if f.metadata.get("low_open") else ">="
-                raise ConfigError(f"{f.name} must be {op} {low}, got {value}")
-            if high is not None and value > high:
-                raise ConfigError(f"{f.name} must be <= {high}, got {value}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def suggest(cls, trial: Any) -> Hparams:
-        """Sample from the rule's search space (an ``optuna.Trial``). Overridden per rule."""
-        raise NotImplementedError(f"{cls.__qualname__} defines no search space")
-
-
-def parse_value(text: str) -> Any:
-    """Parse a ``--set`` value: int, float, true/false, else the string itself."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text.strip()
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        allowed = typing.get_args(hint)
-        if value not in allowed:
+    def native_model(self, dataset_kind: str) -> str:
+        """The rule's native network for a dataset kind; ConfigError when it declares none."""
+        model = self.native.get(dataset_kind, self.native.get(ANY_KIND))
+        if model is None:
+            kinds = ", ".join(sorted(self.native)) or "none"
             raise ConfigError(
-                f"{key} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
-                + suggest(str(value), map(str, allowed))
+                f"rule {self.name!r} declares no native network for {dataset_kind} data "
+                f"(it has one for: {kinds}); choose one with --model"
             )
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            return None
-        return _coerce(key, value, args[0])
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        return str(value)
-    return value
+        return model
 
 
 class Batch(NamedTuple):
@@ -258,3 +168,50 @@ class Rule(ABC):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.modules.parameters())
+
+
+# ---- the registry ---------------------------------------------------------------------------
+RULES: Registry[type[Rule]] = Registry("rule")
+R = TypeVar("R", bound=type[Rule])
+
+
+def check_rule_class(cls: type[Rule]) -> None:
+    """What registration requires of a rule class; raises TypeError naming the problem."""
+    info = getattr(cls, "info", None)
+    if not isinstance(info, RuleInfo):
+        raise TypeError(f"{cls.__qualname__}: a rule declares `info = RuleInfo(...)`")
+    hp = getattr(cls, "Hparams", None)
+    if not (isinstance(hp, type) and issubclass(hp, Hparams)):
+        raise TypeError(f"rule {info.name!r}: `Hparams` must subclass bpfree.rules.Hparams")
+    if not info.native:
+        raise TypeError(
+            f"rule {info.name!r} declares no native network: set RuleInfo(native={{...}}), "
+            "e.g. {'*': 'mlp_2x1000'}"
+        )
+    for kind, model in info.native.items():
+        try:
+            family = MODELS.get(model).family
+        except ConfigError as exc:
+            raise TypeError(f"rule {info.name!r}: native[{kind!r}]: {exc}") from None
+        if family not in info.families:
+            raise TypeError(
+                f"rule {info.name!r}: native network {model!r} is a {family} model, "
+                f"but the rule trains {', '.join(info.families)} models"
+            )
+    if info.baseline and any(r.info.baseline for _, r in RULES.items()):
+        raise TypeError(f"rule {info.name!r}: there is already a baseline rule")
+
+
+def register_rule(cls: R) -> R:
+    """Class decorator: check the rule's declarations and add it to the registry."""
+    check_rule_class(cls)
+    RULES.register(cls.info.name, cls)
+    return cls
+
+
+def baseline_rule() -> str:
+    """The name of the end-to-end backprop baseline (the rule with ``baseline=True``)."""
+    for name, cls in RULES.items():
+        if cls.info.baseline:
+            return name
+    raise RuntimeError("no baseline rule is registered")

@@ -14,50 +14,30 @@ a standard choice for these MLP/CNN baselines (the benchmark study tunes it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bpfree.rules.base import Batch, Hparams, Rule, RuleInfo, at_least, nonnegative, positive
+from bpfree.rules.base import Batch, Rule, RuleInfo, register_rule
+from bpfree.rules.toolkit import OptimizerName, OptimizerSettings, nonnegative, suggest_optimizer
 
 
 @dataclass(frozen=True)
-class BPHparams(Hparams):
-    batch_size: int = at_least(128, 1)  # same as Mono-Forward's batch (Gong et al. 2025)
-    lr: float = positive(1e-3)  # Adam's default step size (Kingma & Ba 2015)
+class BPHparams(OptimizerSettings):
+    # batch 128 as Mono-Forward (Gong et al. 2025); lr 1e-3, Adam's default (Kingma & Ba 2015)
     weight_decay: float = nonnegative(0.01)  # torch.optim.AdamW default (Loshchilov & Hutter)
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    momentum: float = nonnegative(0.9)  # only for sgd
+    optimizer: OptimizerName = "adamw"
 
     @classmethod
     def suggest(cls, trial: Any) -> BPHparams:
         # Ranges span the step sizes used for these nets in the literature (1e-4 .. 1e-2) and
         # weight decay from none to strong; batch sizes around the rules' native 100-128.
-        return cls(
-            lr=trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-            weight_decay=trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
-            batch_size=trial.suggest_categorical("batch_size", [64, 128, 256]),
-        )
+        return cls(**suggest_optimizer(trial))
 
 
-def make_optimizer(
-    name: str, params: Any, lr: float, weight_decay: float, momentum: float = 0.9
-) -> torch.optim.Optimizer:
-    """The optimizers bpfree's rules share: Adam/AdamW or SGD with momentum.
-
-    Adam and AdamW use PyTorch's fused kernels (CPU and CUDA): the same update as the default
-    multi-tensor version, in one pass over memory. On 2 CPU cores it is ~3x faster for the
-    1.8M parameters of mlp_2x1000, an overhead every rule would otherwise pay per step.
-    """
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
-    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
-
-
+@register_rule
 class Backprop(Rule):
     info = RuleInfo(
         name="bp",
@@ -68,6 +48,8 @@ class Backprop(Rule):
         weight_transport=True,
         forward_passes_per_step=1,
         families=("mlp", "cnn"),
+        native={"*": "mlp_2x1000"},  # as a twin it trains the rule's network instead
+        baseline=True,
     )
     Hparams = BPHparams
     hp: BPHparams
@@ -76,19 +58,16 @@ class Backprop(Rule):
         assert self.model is not None
         self.head = nn.Linear(self.model.out_dim, self.num_classes)
         self.modules["head"] = self.head
-        hp = self.hp
-        self.opt = make_optimizer(
-            hp.optimizer, self.modules.parameters(), hp.lr, hp.weight_decay, hp.momentum
-        )
+        self.opt = self.hp.optimizer_for(self.modules.parameters())
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt": self.opt}
 
     def train_step(self, batch: Batch) -> torch.Tensor:
         assert self.model is not None
+        self.opt.zero_grad(set_to_none=True)  # before the forward: no stale gradient in the peak
         logits = self.head(self.model(batch.x))  # (B, C)
         loss = F.cross_entropy(logits, batch.y)
-        self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         return loss.detach()

@@ -46,6 +46,7 @@ the mean of the predictors' losses (the CE of A during ``dfa_pretrain``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,22 +54,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bpfree.rules.base import Batch, Hparams, Phase, Rule, RuleInfo, at_least, nonnegative, positive
-from bpfree.rules.bp import make_optimizer
-from bpfree.rules.dfa import FeedbackMatrices, output_error, set_linear_grad
-from bpfree.rules.sparsemax import sparsemax, sparsemax_loss
+from bpfree.rules.base import Batch, Phase, Rule, RuleInfo, register_rule
+from bpfree.rules.toolkit import (
+    FixedRandom,
+    OptimizerSettings,
+    at_least,
+    local_heads,
+    nonnegative,
+    output_error,
+    positive,
+    set_linear_grad,
+    sparsemax,
+    sparsemax_loss,
+)
 
 CHUNK = 1000  # samples per chunk when caching features or accumulating the mse normal equations
 
 
 @dataclass(frozen=True)
-class CaFoHparams(Hparams):
-    batch_size: int = at_least(128, 1)  # the benchmark study's CaFo batch size
+class CaFoHparams(OptimizerSettings):
+    # The predictors' optimizer: Adam, lr 1e-3, no weight decay, batch 128 (the benchmark
+    # study's CaFo settings)
     blocks: Literal["random", "dfa"] = "random"  # CaFo-rand or CaFo-DFA (Zhao et al. 2023)
     predictor_loss: Literal["ce", "mse", "sl"] = "ce"  # the paper's three predictor losses
-    lr: float = positive(1e-3)  # predictors, Adam (benchmark study's CaFo setting)
-    weight_decay: float = nonnegative(0.0)  # benchmark study: none for the predictors
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     ridge: float = positive(1.0)  # lambda of the mse solve; H^T H's diagonal is ~N here
     dfa_lr: float = positive(1.4e-4)  # benchmark study's tuned Adam lr for F-MNIST DFA blocks
     dfa_weight_decay: float = nonnegative(0.0)
@@ -88,6 +96,7 @@ class CaFoHparams(Hparams):
         )
 
 
+@register_rule
 class CascadedForward(Rule):
     info = RuleInfo(
         name="cafo",
@@ -98,6 +107,7 @@ class CascadedForward(Rule):
         weight_transport=False,
         forward_passes_per_step=1,
         families=("cnn",),
+        native={"*": "cnn_3block"},  # Zhao et al. 2023
     )
     Hparams = CaFoHparams
     hp: CaFoHparams
@@ -105,12 +115,13 @@ class CascadedForward(Rule):
     def build(self) -> None:
         assert self.model is not None and self.generator is not None
         dims = self.model.block_dims
-        self.predictors = nn.ModuleList(nn.Linear(d, self.num_classes) for d in dims)
+        self.predictors = local_heads(dims, self.num_classes)
         self.modules["predictors"] = self.predictors
         if self.hp.blocks == "dfa":
             self.aux = nn.Linear(self.model.out_dim, self.num_classes)  # A (C, d_3)
             self.modules["aux"] = self.aux
-            self.feedback = FeedbackMatrices(self.num_classes, dims, self.generator)
+            c = self.num_classes
+            self.feedback = FixedRandom([(c, d) for d in dims], self.generator, 1 / math.sqrt(c))
             self.modules["feedback"] = self.feedback
         self.stage = self.phases()[0].name
         self.solved = False  # mse: closed-form solve done
@@ -131,7 +142,7 @@ class CascadedForward(Rule):
         self.stage = phase.name
         if phase.name == "dfa_pretrain":
             params = [*self.model.parameters(), *self.aux.parameters()]
-            self.opt = make_optimizer(hp.optimizer, params, hp.dfa_lr, hp.dfa_weight_decay)
+            self.opt = hp.optimizer_for(params, lr=hp.dfa_lr, weight_decay=hp.dfa_weight_decay)
             return
         for p in self.model.parameters():
             p.requires_grad_(False)  # frozen from here on
@@ -139,9 +150,7 @@ class CascadedForward(Rule):
         self.cache = self.cache_features(train_x)
         self.train_y = train_y
         if hp.predictor_loss != "mse":
-            self.opt = make_optimizer(
-                hp.optimizer, self.predictors.parameters(), hp.lr, hp.weight_decay
-            )
+            self.opt = hp.optimizer_for(self.predictors.parameters())
 
     # ---- frozen blocks: BN statistics from training data, cached features ----------------
     @torch.no_grad()
@@ -228,8 +237,8 @@ class CascadedForward(Rule):
                 if not self.solved:  # the phase's one update: the closed-form solve
                     self._solve_mse()
             return loss
+        self.opt.zero_grad(set_to_none=True)  # before the forward: no stale gradient in the peak
         loss = self._predictor_losses(batch)
-        self.opt.zero_grad(set_to_none=True)
         (loss * len(self.predictors)).backward()  # sum of the independent losses
         self.opt.step()
         return loss.detach()
@@ -249,12 +258,12 @@ class CascadedForward(Rule):
 
     def _dfa_step(self, batch: Batch) -> torch.Tensor:
         assert self.model is not None
+        self.opt.zero_grad(set_to_none=True)  # before the forward: no stale gradient in the peak
         h, outs = batch.x, []
         for block in self.model.blocks:
             h = block(h.detach())  # (B, C_k, H_k, W_k); the graph stays inside the block
             outs.append(h)
         top = h.detach().flatten(1)  # (B, d_3)
-        self.opt.zero_grad(set_to_none=True)
         with torch.no_grad():
             logits = self.aux(top)  # (B, C)
             loss = F.cross_entropy(logits, batch.y)

@@ -10,8 +10,11 @@ a_{l-1} is detached, so the gradient of L_l reaches only W_l, b_l and M_l (rever
 
 Schedules:
   * ``simultaneous`` (default, the paper's algorithm): one forward pass per batch; every layer
-    steps on its own loss as the batch flows up. Implemented as one Adam step on sum_l L_l —
-    because every layer input is detached, d(sum_l L_l)/d(theta_l) = dL_l/d(theta_l) exactly.
+    steps on its own loss as the batch flows up. Layer k's loss is back-propagated (within layer
+    k) as soon as layer k has run, and its graph freed before layer k+1 runs
+    (:func:`~bpfree.rules.toolkit.layer_by_layer`), so activation memory does not grow with
+    depth; then one Adam step over all layers (the parameter sets are disjoint, so this is each
+    layer's own update).
   * ``sequential`` (what one public benchmark did): layer 1 with M_1 trains to convergence
     (early stopping on the validation accuracy of G_1), is frozen, then layer 2, and so on;
     one trainer phase per layer.
@@ -29,31 +32,25 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from bpfree.rules.base import Batch, Hparams, Phase, Rule, RuleInfo, at_least, nonnegative, positive
-from bpfree.rules.bp import make_optimizer
+from bpfree.rules.base import Batch, Phase, Rule, RuleInfo, register_rule
+from bpfree.rules.toolkit import OptimizerSettings, layer_by_layer, local_heads, suggest_optimizer
 
 
 @dataclass(frozen=True)
-class MFHparams(Hparams):
-    batch_size: int = at_least(128, 1)  # Gong et al. 2025 use batch 128
-    lr: float = positive(1e-3)  # Adam; published tuned values 4e-4 (F-MNIST) .. 1.6e-3 (MNIST)
-    weight_decay: float = nonnegative(0.0)  # the paper uses plain Adam
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # the paper's optimizer
+class MFHparams(OptimizerSettings):
+    # Gong et al. 2025: plain Adam, batch 128; lr 1e-3 (published tuned values 4e-4 for
+    # Fashion-MNIST .. 1.6e-3 for MNIST), no weight decay
     schedule: Literal["simultaneous", "sequential"] = "simultaneous"
     predict_from: Literal["last", "sum"] = "last"
 
     @classmethod
     def suggest(cls, trial: Any) -> MFHparams:
         # lr range brackets the published tuned values (4e-4 .. 1.6e-3) by ~4x each side.
-        return cls(
-            lr=trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-            weight_decay=trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
-            batch_size=trial.suggest_categorical("batch_size", [64, 128, 256]),
-        )
+        return cls(**suggest_optimizer(trial))
 
 
+@register_rule
 class MonoForward(Rule):
     info = RuleInfo(
         name="mf",
@@ -64,22 +61,18 @@ class MonoForward(Rule):
         weight_transport=False,
         forward_passes_per_step=1,
         families=("mlp",),
+        native={"grayscale": "mlp_2x1000", "color": "mlp_3x2000"},  # Gong et al. 2025
     )
     Hparams = MFHparams
     hp: MFHparams
 
     def build(self) -> None:
         assert self.model is not None
-        self.projections = nn.ModuleList(
-            nn.Linear(d, self.num_classes, bias=False) for d in self.model.block_dims
-        )
+        self.projections = local_heads(self.model.block_dims, self.num_classes, bias=False)
         self.modules["projections"] = self.projections
         self.active = len(self.projections) - 1  # layer whose scores predict
         if self.hp.schedule == "simultaneous":
-            self.opt = self._optimizer(self.modules.parameters())
-
-    def _optimizer(self, params: Any) -> torch.optim.Optimizer:
-        return make_optimizer(self.hp.optimizer, params, self.hp.lr, self.hp.weight_decay)
+            self.opt = self.hp.optimizer_for(self.modules.parameters())
 
     def phases(self) -> list[Phase]:
         if self.hp.schedule == "simultaneous":
@@ -94,7 +87,7 @@ class MonoForward(Rule):
                 *self.model.blocks[phase.index].parameters(),
                 *self.projections[phase.index].parameters(),
             ]
-            self.opt = self._optimizer(layer)
+            self.opt = self.hp.optimizer_for(layer)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt": self.opt} if hasattr(self, "opt") else {}
@@ -107,25 +100,26 @@ class MonoForward(Rule):
 
     def train_step(self, batch: Batch) -> torch.Tensor:
         assert self.model is not None
-        h = batch.x
+        blocks, y = self.model.blocks, batch.y
+        self.opt.zero_grad(set_to_none=True)  # before the forward: no stale gradient in the peak
         if self.hp.schedule == "sequential":
+            h = batch.x
             with torch.no_grad():  # frozen layers below the one in training
-                for block in self.model.blocks[: self.active]:
+                for block in blocks[: self.active]:
                     h = block(h)
-            a = self.model.blocks[self.active](h)
-            total = F.cross_entropy(self.projections[self.active](a), batch.y)
-            count = 1
+            k = self.active
+            _, losses = layer_by_layer(
+                h, [blocks[k]], lambda _, a: F.cross_entropy(self.projections[k](a), y)
+            )
         else:
-            total = torch.zeros((), device=h.device)
-            for block, proj in zip(self.model.blocks, self.projections, strict=True):
-                a = block(h.detach())  # detached input: no gradient crosses layers
-                total = total + F.cross_entropy(proj(a), batch.y)
-                h = a
-            count = len(self.projections)
-        self.opt.zero_grad(set_to_none=True)
-        total.backward()
+            _, losses = layer_by_layer(
+                batch.x, list(blocks), lambda k, a: F.cross_entropy(self.projections[k](a), y)
+            )
         self.opt.step()
-        return total.detach() / count
+        total = torch.zeros((), device=y.device)
+        for loss in losses:
+            total = total + loss
+        return total / len(losses)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         assert self.model is not None

@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 from bpfree.engine.seeding import derive_seed
 from bpfree.errors import ConfigError, suggest
-from bpfree.rules.base import _coerce
+from bpfree.rules import RULES
+from bpfree.settings import coerce
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class Budget:
         for key, value in values.items():
             if key not in names:
                 raise ConfigError(f"unknown budget setting {key!r}{suggest(key, names)}")
-            kwargs[key] = _coerce(key, value, hints[key])
+            kwargs[key] = coerce(key, value, hints[key])
         return cls(**kwargs)
 
     def sampler(self, trial_number: int) -> Any:
@@ -157,8 +158,6 @@ class _SpaceRecorder:
 
 def search_space(rule: str) -> dict[str, dict[str, Any]]:
     """The rule's search space as ``{name: {type, low, high, log | choices}}``."""
-    from bpfree.rules import RULES
-
     hp_cls = RULES.get(rule).Hparams
     recorder = _SpaceRecorder()
     try:

@@ -16,8 +16,8 @@ def add_parsers(sub: Any) -> None:
         "(default $BPFREE_STORAGE, else ./bpfree-sweeps.db)",
     )
     p.add_argument("--rule", help="learning rule to tune")
-    p.add_argument("--model", help="model, e.g. mlp_2x1000")
-    p.add_argument("--dataset", help="dataset, e.g. fashion_mnist")
+    p.add_argument("--model", help="model (default: the rule's native network for the dataset)")
+    p.add_argument("--dataset", help="dataset (see `bpfree list`)")
     p.add_argument("--config", metavar="FILE.toml", help="base settings file; flags override it")
     p.add_argument(
         "--set",

@@ -17,13 +17,11 @@ from typing import Any
 import torch
 
 from bpfree.config import TrainConfig
-from bpfree.data import DataBundle, load_dataset
-from bpfree.engine import Trainer
-from bpfree.engine.environment import resolve_device
+from bpfree.data import DataBundle
+from bpfree.engine import Trainer, build_rule, load_data
 from bpfree.errors import BpfreeError, ConfigError
 from bpfree.meters import Reading
-from bpfree.models import create_model
-from bpfree.rules import RULES, create_rule
+from bpfree.rules import RULES
 
 COMPLETE, PRUNED, FAIL = "COMPLETE", "PRUNED", "FAIL"
 DUPLICATE = "duplicate ticket: its slot was already taken"  # a FAIL that is no failure
@@ -97,14 +95,7 @@ class DataCache:
             cfg.device,
         )
         if key != self._key or self._data is None:
-            self._data = load_dataset(
-                cfg.dataset,
-                data_dir=cfg.data_dir,
-                val_fraction=cfg.val_fraction,
-                data_seed=cfg.data_seed,
-                train_samples=cfg.train_samples,
-                device=resolve_device(cfg.device),
-            )
+            self._data = load_data(cfg)
             self._key, self._warm = key, set()
         if (cfg.rule, cfg.model) not in self._warm:
             _warm_up(cfg, self._data)
@@ -115,17 +106,9 @@ class DataCache:
 def _warm_up(cfg: TrainConfig, data: DataBundle) -> None:
     """Build the rule once, untimed: torch imports parts lazily (optimizers take seconds), and
     that one-off cost belongs to the worker's start-up, not to whichever trial runs first."""
-    device = resolve_device(cfg.device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        rule = create_rule(cfg.rule, cfg.hparams)
-        rule.setup(
-            create_model(cfg.model, data.input_shape),
-            data.num_classes,
-            device,
-            torch.Generator(device=device),
-        )
-        with torch.no_grad():
-            rule.predict(data.val_x[:2])
+    rule = build_rule(cfg, data)
+    with torch.no_grad():
+        rule.predict(data.val_x[:2])
 
 
 def run_trial(

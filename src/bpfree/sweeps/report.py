@@ -19,6 +19,7 @@ from bpfree.errors import ConfigError
 from bpfree.meters.base import Reading, add, format_reading, peak
 from bpfree.sweeps.objective import COMPLETE, DUPLICATE, FAIL, PRUNED
 from bpfree.sweeps.storage import import_optuna, open_storage, redact, resolve_url
+from bpfree.sweeps.study import find_study, wait_ready
 
 # How a reading of each unit folds over trials: time, energy, work and carbon add up; memory
 # peaks take the maximum; rates and ratios (W, FLOP/s, utilisation) are not totalled.
@@ -137,8 +138,6 @@ def _short(value: Any) -> str:
 
 def summarize(study: str, storage: str | None = None) -> SweepSummary:
     """The state of study ``study``: counts, best trial, budget and total cost."""
-    from bpfree.sweeps.study import find_study, wait_ready
-
     optuna = import_optuna()
     url = resolve_url(storage)
     loaded = find_study(optuna, study, open_storage(url))

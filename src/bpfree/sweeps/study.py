@@ -22,6 +22,7 @@ from bpfree.errors import BpfreeError, ConfigError
 from bpfree.rules import RULES
 from bpfree.sweeps.budget import Budget, search_space
 from bpfree.sweeps.storage import import_optuna, open_storage, redact, resolve_url
+from bpfree.version import __version__
 
 SCHEMA = 1
 READY_TIMEOUT_S = 30.0  # a joining worker waits this long for the creator to finish set-up
@@ -116,8 +117,6 @@ def create_or_join(
     existing study they must agree with what is stored (equal budgets: a joining worker cannot
     change them); for a new study the rest takes the defaults.
     """
-    from bpfree import __version__
-
     optuna = quiet_optuna()
     url = resolve_url(storage)
     raw = open_storage(url)
@@ -125,10 +124,10 @@ def create_or_join(
     budget_req = budget.to_dict() if isinstance(budget, Budget) else dict(budget or {})
     existing = find_study(optuna, study, raw)
     if existing is None:
-        if not {"rule", "model", "dataset"} <= {k for k, v in base_req.items() if v}:
+        if not {"rule", "dataset"} <= {k for k, v in base_req.items() if v}:
             raise ConfigError(
                 f"study {study!r} does not exist in {redact(url)}; create it with --rule, "
-                "--model, --dataset and --trials"
+                "--dataset and --trials (and --model for another than the rule's native one)"
             )
         config = TrainConfig.build(base_req)
         plan = Budget.from_dict(budget_req)

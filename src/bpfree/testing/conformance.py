@@ -33,16 +33,17 @@ from unittest import mock
 
 import torch
 
-from bpfree.data import DataBundle, load_dataset
-from bpfree.engine.seeding import derive_seed, generator
-from bpfree.models import create_model
-from bpfree.rules import Batch, Phase, Rule, create_rule
+from bpfree.config import TrainConfig
+from bpfree.data import DataBundle
+from bpfree.engine.build import build_rule, load_data
+from bpfree.rules import Batch, Phase, Rule, baseline_rule
 
 
 @lru_cache(maxsize=4)
 def tiny_data(name: str = "digits", train_samples: int = 300) -> DataBundle:
     """A small in-memory dataset on the CPU (cached: tests share it)."""
-    return load_dataset(name, train_samples=train_samples)
+    config = {"rule": baseline_rule(), "dataset": name, "train_samples": train_samples}
+    return load_data(TrainConfig.build({**config, "device": "cpu"}))
 
 
 @dataclass
@@ -63,13 +64,17 @@ class RuleCase:
 
     def make(self, seed: int = 0) -> Rule:
         """A rule set up exactly as the trainer does it (init from the seed, own generator)."""
-        data = self.data
-        rule = create_rule(self.rule, {"batch_size": self.batch_size, **self.hparams})
-        with torch.random.fork_rng():
-            torch.manual_seed(derive_seed(seed, "init"))
-            model = create_model(self.model, data.input_shape)
-            rule.setup(model, data.num_classes, torch.device("cpu"), generator(seed, "rule"))
-        return rule
+        config = TrainConfig.build(
+            {
+                "rule": self.rule,
+                "model": self.model,
+                "dataset": self.dataset,
+                "seed": seed,
+                "device": "cpu",
+                "hparams": {"batch_size": self.batch_size, **self.hparams},
+            }
+        )
+        return build_rule(config, self.data)
 
     def batch(self, step: int, size: int | None = None) -> Batch:
         """Deterministic batch number ``step`` of the training set (with its indices)."""

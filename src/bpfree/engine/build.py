@@ -1,0 +1,44 @@
+"""One way to set up a run: the data of a configuration, and its rule ready to train.
+
+Used by the trainer, the conformance suite, sweeps and benchmarks alike, so "a rule set up as
+the trainer sets it up" means one thing: the model's initial weights drawn from the run seed
+(``derive_seed(seed, "init")``, the caller's global RNG state untouched), the rule's own
+generator derived from the run seed (``generator(seed, "rule")``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bpfree.config import TrainConfig
+from bpfree.data import DataBundle, load_dataset
+from bpfree.engine.environment import resolve_device
+from bpfree.engine.seeding import derive_seed, generator
+from bpfree.models import create_model
+from bpfree.rules import Rule, create_rule
+
+
+def load_data(config: TrainConfig, device: torch.device | None = None) -> DataBundle:
+    """The dataset of ``config`` (its split, data seed and training subset) on ``device``."""
+    return load_dataset(
+        config.dataset,
+        data_dir=config.data_dir,
+        val_fraction=config.val_fraction,
+        data_seed=config.data_seed,
+        train_samples=config.train_samples,
+        device=device if device is not None else resolve_device(config.device),
+    )
+
+
+def build_rule(config: TrainConfig, data: DataBundle, device: torch.device | None = None) -> Rule:
+    """``config``'s rule with its model attached, initialised from the run seed."""
+    device = device if device is not None else resolve_device(config.device)
+    rule = create_rule(config.rule, config.hparams)
+    assert config.model is not None  # resolved to the native network by TrainConfig
+    # Parameter initialisation draws from the global RNG: seed it from the run seed, and keep
+    # the caller's RNG state untouched.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(derive_seed(config.seed, "init"))
+        model = create_model(config.model, data.input_shape)
+        rule.setup(model, data.num_classes, device, generator(config.seed, "rule", device))
+    return rule

@@ -1,0 +1,50 @@
+"""The shared toolkit for writing rules: import from here and from ``bpfree.rules.base``,
+never from a sibling rule.
+
+* optimizers: :class:`OptimizerSettings` (the Hparams base every rule reuses),
+  :func:`make_optimizer`, :func:`suggest_optimizer` (the common search space);
+* fixed matrices and explicit updates: :class:`FixedRandom`, :func:`output_error`,
+  :func:`relu_mask`, :func:`set_linear_grad`, :func:`dense_activations`;
+* local learning: :func:`local_heads`, :func:`layer_by_layer` (frees each layer's graph);
+* losses: :func:`sparsemax`, :func:`sparsemax_loss`.
+"""
+
+from bpfree.rules.hparams import Hparams, at_least, in_range, nonnegative, positive
+from bpfree.rules.toolkit.feedback import (
+    FixedRandom,
+    dense_activations,
+    output_error,
+    relu_mask,
+    set_linear_grad,
+)
+from bpfree.rules.toolkit.local import layer_by_layer, local_heads
+from bpfree.rules.toolkit.losses import sparsemax, sparsemax_loss
+from bpfree.rules.toolkit.optim import (
+    OPTIMIZER_FIELDS,
+    OptimizerName,
+    OptimizerSettings,
+    make_optimizer,
+    suggest_optimizer,
+)
+
+__all__ = [
+    "OPTIMIZER_FIELDS",
+    "FixedRandom",
+    "Hparams",
+    "OptimizerName",
+    "OptimizerSettings",
+    "at_least",
+    "dense_activations",
+    "in_range",
+    "layer_by_layer",
+    "local_heads",
+    "make_optimizer",
+    "nonnegative",
+    "output_error",
+    "positive",
+    "relu_mask",
+    "set_linear_grad",
+    "sparsemax",
+    "sparsemax_loss",
+    "suggest_optimizer",
+]
