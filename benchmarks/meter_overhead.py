@@ -27,12 +27,9 @@ from typing import Any
 import torch
 
 from bpfree.config import TrainConfig
-from bpfree.data import load_dataset
-from bpfree.engine import Trainer
+from bpfree.engine import Trainer, build_rule, load_data
 from bpfree.engine.environment import describe
 from bpfree.meters.suite import MeterSuite
-from bpfree.models import create_model
-from bpfree.rules import create_rule
 from bpfree.rules.base import Phase
 
 
@@ -55,13 +52,7 @@ def direct_costs(cfg: TrainConfig, data: Any, repeats: int = 200) -> tuple[float
         for m in reversed(extra):
             m.stop()
         cycles.append(time.perf_counter() - t0)
-    rule = create_rule(cfg.rule, cfg.hparams)
-    rule.setup(
-        create_model(cfg.model, data.input_shape),
-        data.num_classes,
-        torch.device("cpu"),
-        torch.Generator().manual_seed(0),
-    )
+    rule = build_rule(cfg, data)
     cost: dict[str, Any] = {}
     t0 = time.perf_counter()
     suite.before_phase(rule, 0, Phase("train"))
@@ -83,8 +74,6 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=6, help="reps of (on, off, control)")
     ap.add_argument("--write", help="Markdown file to write the result to")
     args = ap.parse_args()
-    device = torch.device("cpu")
-    data = load_dataset(args.dataset, train_samples=args.train_samples or None, device=device)
     base = {
         "rule": "bp",
         "model": "mlp_2x1000",
@@ -94,6 +83,7 @@ def main() -> None:
         "train_samples": args.train_samples or None,
     }
     configs = {flag: TrainConfig.build({**base, "meters": flag}) for flag in (True, False)}
+    data = load_data(configs[True])
     one_run(configs[False], data)  # warm-up: allocator, kernels, page cache
     # Each rep runs: meters on, off, and off again (an A/A control showing the machine's noise),
     # in an order that rotates every rep.
@@ -119,7 +109,7 @@ def main() -> None:
         return med, min(r[kind][k] for r in rows) / min(r["off"][k] for r in rows)
 
     epoch = min(r[k][0] for r in rows for k in kinds)
-    env = describe(device)
+    env = describe(torch.device("cpu"))
     n_train = int(data.train_x.shape[0])
     measures = (
         ("timed training window", 0),

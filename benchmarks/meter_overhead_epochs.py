@@ -9,25 +9,22 @@ over 4 interleaved pairs of runs in one process (first, steady epochs told apart
 import statistics
 
 from bpfree.config import TrainConfig
-from bpfree.data import load_dataset
-from bpfree.engine import Trainer
+from bpfree.engine import Trainer, load_data
 
-data = load_dataset("fashion_mnist", train_samples=20000)
+BASE = dict(
+    rule="bp",
+    model="mlp_2x1000",
+    dataset="fashion_mnist",
+    epochs=3,
+    train_samples=20000,
+    device="cpu",
+    patience=5,
+)
+data = load_data(TrainConfig.build(BASE))
 
 
 def run(meters):
-    cfg = TrainConfig.build(
-        dict(
-            rule="bp",
-            model="mlp_2x1000",
-            dataset="fashion_mnist",
-            epochs=3,
-            train_samples=20000,
-            device="cpu",
-            meters=meters,
-            patience=5,
-        )
-    )
+    cfg = TrainConfig.build({**BASE, "meters": meters})
     hist = []
     Trainer(
         cfg, data=data, progress=False, on_epoch=lambda r: hist.append(r["train_wall_time_s"])

@@ -28,11 +28,11 @@ import torch
 
 import bpfree
 import bpfree.rules
+from bpfree.config import TrainConfig
+from bpfree.engine import Trainer, build_rule, load_data
 from bpfree.engine.environment import describe
-from bpfree.engine.seeding import derive_seed, generator
 from bpfree.meters.flops import count_flops
-from bpfree.models import create_model
-from bpfree.rules import Batch, create_rule
+from bpfree.rules import Batch
 
 DEFAULT_PAIRS = "dfa=mlp_2x1000,mf=mlp_2x1000,ff=mlp_3x1000,cafo=cnn_3block,cafo+dfa=cnn_3block"
 
@@ -41,11 +41,10 @@ def flops_per_phase(
     rule_name: str, model: str, hp: dict[str, Any], data: bpfree.data.DataBundle
 ) -> list[tuple[str, float, float]]:
     """(phase, one-off FLOPs per training sample, FLOPs per sample of a steady step)."""
-    rule = create_rule(rule_name, hp)
-    with torch.random.fork_rng():
-        torch.manual_seed(derive_seed(0, "init"))
-        net = create_model(model, data.input_shape)
-        rule.setup(net, data.num_classes, torch.device("cpu"), generator(0, "rule"))
+    config = TrainConfig.build(
+        {"rule": rule_name, "model": model, "dataset": data.spec.name, "hparams": hp}
+    )
+    rule = build_rule(config, data, torch.device("cpu"))
     n, b = data.train_x.shape[0], rule.hp.batch_size
     out = []
     for phase in rule.phases():
@@ -71,7 +70,7 @@ def time_per_epoch(
     data: bpfree.data.DataBundle,
 ) -> list[dict[str, Any]]:
     """The training-window wall time of every epoch (history records), meters off."""
-    cfg = bpfree.TrainConfig.build(
+    cfg = TrainConfig.build(
         dict(
             rule=rule_name,
             model=model,
@@ -83,8 +82,6 @@ def time_per_epoch(
             meters=False,
         )
     )
-    from bpfree.engine.trainer import Trainer
-
     history: list[dict[str, Any]] = []
     Trainer(cfg, progress=False, data=data, on_epoch=history.append, evaluate_test=False).run()
     return history
@@ -102,7 +99,12 @@ def main() -> None:
     ap.add_argument("--write", help="Markdown file to write the table to")
     args = ap.parse_args()
     pairs = [p.split("=") for p in args.pairs.split(",") if p]
-    data = bpfree.load_dataset(args.dataset, train_samples=args.train_samples)
+    data = load_data(
+        TrainConfig.build(
+            {"rule": "bp", "dataset": args.dataset, "train_samples": args.train_samples}
+        ),
+        torch.device("cpu"),
+    )
     rows, bp_cache = [], {}
     t_start = time.time()
     for spec, model in pairs:

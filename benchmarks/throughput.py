@@ -21,12 +21,12 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bpfree.data import load_dataset
+from bpfree.config import TrainConfig
+from bpfree.engine import build_rule, load_data
 from bpfree.engine.environment import describe
+from bpfree.engine.loop import train_epoch
 from bpfree.engine.seeding import generator
-from bpfree.engine.trainer import train_epoch
-from bpfree.models import create_model
-from bpfree.rules import Batch, create_rule
+from bpfree.rules import Batch
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:
@@ -57,18 +57,15 @@ def main() -> None:
     args = ap.parse_args()
     samples = 3000 if args.quick else None
     reps = 1 if args.quick else args.reps
-    data = load_dataset(args.dataset, train_samples=samples)
+    base = {"model": args.model, "dataset": args.dataset, "train_samples": samples}
+    configs = {
+        name: TrainConfig.build({**base, "rule": name, "device": "cpu"}) for name in ("bp", "mf")
+    }
+    data = load_data(configs["bp"])
     n = data.train_x.shape[0]
     rules = {}
-    for name in ("bp", "mf"):
-        torch.manual_seed(0)
-        rule = create_rule(name)
-        rule.setup(
-            create_model(args.model, data.input_shape),
-            data.num_classes,
-            torch.device("cpu"),
-            generator(0, "rule"),
-        )
+    for name, config in configs.items():
+        rule = build_rule(config, data)
         bs = rule.hp.batch_size
         idx = torch.arange(bs)
         flops = step_flops(rule, Batch(data.train_x[idx], data.train_y[idx], idx))
