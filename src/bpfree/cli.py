@@ -11,12 +11,13 @@ import sys
 import time
 import typing
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from bpfree.cli_compare import add_parsers as add_compare_parsers
+from bpfree.cli_compare import cmd_compare, cmd_report
+from bpfree.cli_sweep import add_parsers as add_sweep_parsers
+from bpfree.cli_sweep import cmd_sweep, cmd_worker
 from bpfree.errors import BpfreeError
-from bpfree.sweeps.cli import add_parsers as add_sweep_parsers
-from bpfree.sweeps.cli import cmd_sweep, cmd_worker, quiet_optuna_logs
 
 
 def _train_parser(sub: Any) -> None:
@@ -34,7 +35,13 @@ def _train_parser(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="a rule hyperparameter or trainer setting (repeatable)",
     )
-    p.add_argument("--epochs", type=int, help="epoch cap per phase (default 30)")
+    p.add_argument(
+        "--epochs", type=int, help="data passes in total, summed over the rule's phases (30)"
+    )
+    p.add_argument("--budget-flops", type=float, metavar="F", help="also stop at F training FLOPs")
+    p.add_argument(
+        "--budget-seconds", type=float, metavar="S", help="also stop at S s of training time"
+    )
     p.add_argument("--seed", type=int, help="run seed (default 0)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
     p.add_argument(
@@ -71,6 +78,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "model": args.model,
         "dataset": args.dataset,
         "epochs": args.epochs,
+        "budget_flops": args.budget_flops,
+        "budget_seconds": args.budget_seconds,
         "seed": args.seed,
         "patience": args.patience,
         "train_samples": args.train_samples,
@@ -187,109 +196,6 @@ def _cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare_parsers(sub: Any) -> None:
-    p = sub.add_parser(
-        "compare", help="each rule on its native network beside backprop on the same network"
-    )
-    p.add_argument(
-        "--rules",
-        required=True,
-        help="comma-separated rules; a variant as rule:key=value (e.g. cafo:blocks=dfa)",
-    )
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--seeds", default="3", help="how many seeds (0..N-1), or a list like 0,5,9")
-    p.add_argument("--out", required=True, help="comparison directory (rerun to continue it)")
-    p.add_argument("--epochs", type=int, help="epoch cap per phase, the same for every run")
-    p.add_argument("--train-samples", type=int, metavar="N")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="trainer setting (patience=3) or a rule's hyperparameter (mf.lr=1e-3)",
-    )
-    p.add_argument(
-        "--model",
-        action="append",
-        default=[],
-        metavar="RULE=MODEL",
-        help="override a rule's native network (repeatable)",
-    )
-    p.add_argument("--data-dir")
-    p.add_argument("--device", help="auto (default), cpu or cuda")
-    p.add_argument("--no-report", action="store_true", help="train only; no report at the end")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--tune",
-        type=int,
-        metavar="N",
-        help="first tune every rule and every backprop twin with N Optuna trials each, under "
-        "the same budget, and train the seeded runs with the best settings",
-    )
-    p.add_argument(
-        "--tune-epochs", type=int, metavar="E", help="epoch cap per tuning trial (default --epochs)"
-    )
-    p.add_argument(
-        "--tune-train-samples",
-        type=int,
-        metavar="N",
-        help="training subset of the tuning trials (default --train-samples)",
-    )
-    p.add_argument(
-        "--storage",
-        metavar="URL",
-        help="share the tuning trials and seeded runs with every process running this same "
-        "comparison through this storage (sqlite:///FILE or postgresql://...); without it "
-        "the runs are local and tuning uses <out>/tuning.db",
-    )
-    r = sub.add_parser("report", help="tables, plots and report.html for a comparison directory")
-    r.add_argument("dir")
-    r.add_argument("--no-plots", action="store_true", help="tables only")
-
-
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from bpfree.comparison import compare
-
-    models = {}
-    for item in args.model:
-        if "=" not in item:
-            raise BpfreeError(f"--model expects RULE=MODEL, got {item!r}")
-        rule, model = item.split("=", 1)
-        models[rule.strip()] = model.strip()
-    if args.tune is not None or args.storage:
-        quiet_optuna_logs()
-    result = compare(
-        rules=args.rules,
-        dataset=args.dataset,
-        out=args.out,
-        seeds=args.seeds,
-        epochs=args.epochs,
-        train_samples=args.train_samples,
-        sets=args.set,
-        models=models,
-        data_dir=args.data_dir,
-        device=args.device,
-        report=not args.no_report,
-        progress=False if args.quiet else None,
-        tune=args.tune,
-        tune_epochs=args.tune_epochs,
-        tune_train_samples=args.tune_train_samples,
-        storage=args.storage,
-    )
-    if not args.no_report:
-        print((result.out / "report" / "table.md").read_text(), end="")
-        print(f"report: {result.out / 'report' / 'report.html'}")
-    return 0
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    from bpfree.reporting import write_report
-
-    print(write_report(args.dir, plots=not args.no_plots), end="")
-    print(f"report: {Path(args.dir) / 'report' / 'report.html'}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     from bpfree import __version__
 
@@ -300,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     add_sweep_parsers(sub)
-    _compare_parsers(sub)
+    add_compare_parsers(sub)
     lst = sub.add_parser("list", help="rules (with their properties), models and datasets")
     lst.add_argument(
         "rule", nargs="?", help="show this rule's hyperparameters and their defaults instead"
@@ -330,8 +236,8 @@ COMMANDS = {
     "env": _cmd_env,
     "sweep": cmd_sweep,
     "worker": cmd_worker,
-    "compare": _cmd_compare,
-    "report": _cmd_report,
+    "compare": cmd_compare,
+    "report": cmd_report,
 }
 
 

@@ -12,6 +12,7 @@ hyperparameter of that rule only (``hparams.key=value`` is the same as ``key=val
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -34,7 +35,10 @@ class TrainConfig:
     dataset: str
     model: str | None = None  # None: the rule's native network for this dataset's kind
     seed: int = 0
-    epochs: int = 30  # cap per training phase
+    epochs: int = 30  # data passes in total per run, summed over the rule's phases
+    budget_flops: float | None = None  # also stop when training FLOPs would pass this
+    budget_seconds: float | None = None  # also stop when training wall time passes this
+    divergence_factor: float = 100.0  # diverged: loss above this x the phase's first loss
     patience: int = 5  # epochs without improvement of `monitor` before stopping
     min_delta: float = 0.0  # smallest change of `monitor` that counts as improvement
     monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
@@ -65,6 +69,18 @@ class TrainConfig:
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
             (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
+            (
+                self.budget_flops is None or 0 < self.budget_flops < math.inf,
+                f"budget_flops must be a positive number, got {self.budget_flops}",
+            ),
+            (
+                self.budget_seconds is None or 0 < self.budget_seconds < math.inf,
+                f"budget_seconds must be a positive number, got {self.budget_seconds}",
+            ),
+            (
+                1 < self.divergence_factor < math.inf,
+                f"divergence_factor must be a number > 1, got {self.divergence_factor}",
+            ),
             (0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
             (
                 self.eval_batch_size >= 1,

@@ -95,7 +95,7 @@ def load_dataset(
         test_y=labels(test_y),
         info={
             "dataset": spec.name,
-            "source": source,
+            "source": portable(source),
             "n_train": len(tr),
             "n_val": len(va),
             "n_test": len(test_y),
@@ -105,3 +105,18 @@ def load_dataset(
             "normalisation": {"mean": list(spec.mean), "std": list(spec.std)},
         },
     )
+
+
+def portable(source: str) -> str:
+    """A file location as stored in results: relative to the working directory or to the home
+    directory (``~/...``) where it lies under one, so a result holds no local absolute path
+    of its machine; other locations (``/usr/share/datasets``, a system path) as they are."""
+    path = Path(source)
+    if not path.is_absolute():
+        return source
+    for base, shown in ((Path.cwd(), "."), (Path.home(), "~")):
+        try:
+            return str(Path(shown) / path.relative_to(base))
+        except ValueError:
+            continue
+    return source

@@ -11,11 +11,12 @@ from __future__ import annotations
 import torch
 
 from bpfree.config import TrainConfig
-from bpfree.data import DataBundle, load_dataset
+from bpfree.data import DATASETS, DataBundle, load_dataset
+from bpfree.engine.budget import allot_epochs
 from bpfree.engine.environment import resolve_device
 from bpfree.engine.seeding import derive_seed, generator
 from bpfree.models import create_model
-from bpfree.rules import Rule, create_rule
+from bpfree.rules import Phase, Rule, create_rule
 
 
 def load_data(config: TrainConfig, device: torch.device | None = None) -> DataBundle:
@@ -42,3 +43,13 @@ def build_rule(config: TrainConfig, data: DataBundle, device: torch.device | Non
         model = create_model(config.model, data.input_shape)
         rule.setup(model, data.num_classes, device, generator(config.seed, "rule", device))
     return rule
+
+
+def phase_plan(config: TrainConfig) -> list[Phase]:
+    """The run's phases with their share of its data passes, worked out before any data is
+    loaded (on a model without memory); ConfigError when the budget cannot cover them."""
+    rule = create_rule(config.rule, config.hparams)
+    assert config.model is not None
+    with torch.device("meta"):
+        rule.model = create_model(config.model, DATASETS.get(config.dataset).input_shape)
+    return allot_epochs(rule.phases(), config.epochs, config.rule)

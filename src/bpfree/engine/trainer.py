@@ -1,26 +1,25 @@
 """The trainer owns the loop, the clock, evaluation, early stopping, checkpoints and the run dir.
 
-Per phase of the rule (one for most rules; one per layer for sequential ones):
+The run's budget is ``epochs`` data passes in total, split over the rule's phases (one for most
+rules; one per layer for sequential ones; see ``engine/budget.py``). Per phase:
 
-    for each epoch:
-        [window "train"]  permute indices, rule.train_step on each batch
-        [window "eval"]   validation accuracy / loss
+    for each of its epochs:
+        [window "train"]      permute indices, rule.train_step on each batch (a compute
+                              ceiling, budget_flops or budget_seconds, may cut it short)
+        divergence guard      non-finite loss or parameters, or a loss far above its start
+        [window "selection"]  validation accuracy / loss
         early stopping on the monitored metric; remember the best weights
-        checkpoint (outside both windows)
+        checkpoint (outside the windows)
     restore the phase's best weights
 
-then the test set is evaluated once. Nothing runs per step in the timed window except the
-rule's own update and the batch indexing (no ``.item()``, no callbacks, no logging).
+then the test set is evaluated once, in the "test" window. Nothing runs per step in the timed
+window except the rule's own update, the batch indexing and the ceilings' step count and clock
+(no ``.item()``, no callbacks, no logging).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import math
-import signal
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,65 +27,34 @@ import torch
 
 from bpfree.config import TrainConfig
 from bpfree.data import DataBundle
-from bpfree.engine.build import build_rule, load_data
+from bpfree.engine.budget import (
+    STOP_EARLY,
+    STOP_EPOCHS,
+    STOP_FLOPS,
+    STOP_SECONDS,
+    Ceiling,
+    allot_epochs,
+    difference,
+    flops_so_far,
+)
+from bpfree.engine.build import build_rule, load_data, phase_plan
 from bpfree.engine.checkpoint import CHECKPOINT, restore, save_checkpoint
 from bpfree.engine.environment import describe, resolve_device
-from bpfree.engine.loop import evaluate, train_epoch
-from bpfree.engine.result import RunResult, rule_card
+from bpfree.engine.guard import divergence
+from bpfree.engine.interrupt import RunInterrupted, sigterm_as_interrupt
+from bpfree.engine.loop import EpochStats, evaluate, train_epoch
+from bpfree.engine.result import RunResult, build_result
 from bpfree.engine.rundir import RunDir
 from bpfree.engine.seeding import generator
-from bpfree.engine.state import LoopState, new_stopper
-from bpfree.engine.windows import EVAL, TRAIN, Windows
-from bpfree.errors import BpfreeError
+from bpfree.engine.state import LoopState, clone_modules, new_stopper, restore_modules
+from bpfree.engine.windows import SELECTION, TEST, TRAIN, Windows
 from bpfree.meters import Reading
+from bpfree.meters.probe import PhaseProbe
 from bpfree.meters.suite import MeterSuite
 from bpfree.progress import progress_bar
 from bpfree.rules import Phase, Rule
 
 __all__ = ["CHECKPOINT", "RunInterrupted", "Trainer", "evaluate", "train", "train_epoch"]
-
-
-class RunInterrupted(BpfreeError):
-    """Ctrl-C or SIGTERM during a run; the run directory holds a resumable checkpoint."""
-
-    exit_code = 130
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C so a killed run still leaves a consistent run directory."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _clone_modules(rule: Rule) -> dict[str, Any]:
-    return {
-        "modules": {k: v.detach().clone() for k, v in rule.modules.state_dict().items()},
-        "extra": rule.extra_state(),
-    }
-
-
-def _restore_modules(rule: Rule, best: dict[str, Any]) -> None:
-    rule.modules.load_state_dict(best["modules"])
-    rule.load_extra_state(best["extra"])
-
-
-def effective_phases(rule: Rule, config: TrainConfig) -> list[Phase]:
-    """The rule's phases, each with its effective epoch cap (so a rule can plan over it)."""
-    return [
-        dataclasses.replace(p, max_epochs=min(config.epochs, p.max_epochs or config.epochs))
-        for p in rule.phases()
-    ]
 
 
 class Trainer:
@@ -116,6 +84,7 @@ class Trainer:
         self.on_epoch = on_epoch
         self.evaluate_test = evaluate_test
         self.cost: dict[str, Reading] = {}
+        self.ceiling = Ceiling(config.budget_flops, config.budget_seconds)
         self._suite: MeterSuite | None = None
 
     # ---- the run ----------------------------------------------------------------------------
@@ -124,12 +93,13 @@ class Trainer:
         if finished is not None:
             return finished
         ckpt = self.rundir.checkpoint(self.config)
+        phase_plan(self.config)  # a budget that cannot cover the phases fails before any work
         device = resolve_device(self.config.device)
         if self.data is None:
             self.data = load_data(self.config, device)
         rule = build_rule(self.config, self.data, device)
         self.rundir.start(self.config, describe(device))
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             return self._train(rule, self.data, device, ckpt)
 
     def _train(
@@ -138,11 +108,11 @@ class Trainer:
         cfg = self.config
         batches = generator(cfg.seed, "batches")  # CPU: permutations are drawn on the host
         suite = self._suite = MeterSuite(cfg, device, data)  # before training: baselines
-        windows = Windows({TRAIN: suite.train, EVAL: suite.evaluation})
-        phases = effective_phases(rule, cfg)
+        windows = Windows({TRAIN: suite.train, SELECTION: suite.selection, TEST: suite.test})
+        phases = allot_epochs(rule.phases(), cfg.epochs, cfg.rule)
         state = self._initial_state(rule, data, phases, batches, ckpt)
         try:
-            while state.phase < len(phases):
+            while state.phase < len(phases) and not state.stopped_by.startswith("budget"):
                 self._run_phase(rule, data, device, phases, batches, windows, state)
                 if state.status != "completed":
                     break
@@ -171,7 +141,7 @@ class Trainer:
             restore(rule, batches, ckpt)
             state = LoopState.from_checkpoint(ckpt)
             if state.epoch_in_phase > 0:  # mid-phase: rebuild the phase's parts, then its state
-                rule.begin_phase(phases[state.phase], data.train_x, data.train_y)
+                rule.start_phase(phases[state.phase], data.train_x, data.train_y)
                 rule.load_state_dict(ckpt["rule"])
         self.cost = state.cost  # live: a hook that stops the run still leaves what was spent
         self.rundir.reset_metrics(state.history)
@@ -188,9 +158,10 @@ class Trainer:
         windows: Windows,
         state: LoopState,
     ) -> None:
-        """Epochs of the current phase until its cap, early stopping or divergence."""
+        """Epochs of the current phase until its allotment, early stopping, a compute ceiling
+        or divergence; ``state.stopped_by`` says which."""
         phase = phases[state.phase]
-        cap = phase.max_epochs or self.config.epochs
+        cap = phase.max_epochs or 0
         bar = progress_bar(
             total=cap,
             initial=state.epoch_in_phase,
@@ -201,7 +172,7 @@ class Trainer:
         with bar:
             while state.epoch_in_phase < cap and not state.stopper.should_stop:
                 record = self._epoch(rule, data, device, phase, batches, windows, state)
-                if record is None:  # diverged
+                if record is None:  # diverged, or a ceiling left no step
                     return
                 bar.update(1)
                 bar.set_postfix(val_acc=f"{record['val_accuracy']:.4f}")
@@ -209,6 +180,9 @@ class Trainer:
                 self.rundir.append_metrics(record)  # after the checkpoint: resume rewrites it
                 if self.on_epoch is not None:
                     self.on_epoch(record)
+                if state.stopped_by.startswith("budget"):  # a ceiling cut this epoch short
+                    return
+        state.stopped_by = STOP_EARLY if state.stopper.should_stop else STOP_EPOCHS
 
     def _epoch(
         self,
@@ -220,33 +194,35 @@ class Trainer:
         windows: Windows,
         state: LoopState,
     ) -> dict[str, Any] | None:
-        """One training window and one evaluation window; the epoch's record (None: diverged)."""
+        """One training window and one selection window; the epoch's record (None: the run
+        diverged, or a compute ceiling left no step)."""
         suite, first = self._suite, state.epoch_in_phase == 0
         assert suite is not None
         if first:  # probe the phase on a copy, before the window
             suite.before_phase(rule, state.phase, phase)
+        limits = self._limits(rule, state, first)
+        if limits is None:
+            return None
+        before = flops_so_far(state.cost)
         rule.train()
         with windows.measure(TRAIN, state.cost) as train:
             if first:
-                rule.begin_phase(phase, data.train_x, data.train_y)
-            loss_sum, steps = train_epoch(rule, data, batches, rule.hp.batch_size, device)
-        suite.after_train(state.cost, rule, state.phase, first_epoch=first)
-        train_loss = (loss_sum / steps).item()
-        state.epoch_in_phase += 1
-        epoch = state.epoch + 1
-        if not math.isfinite(train_loss):
-            state.status = "diverged"
-            state.reason = f"non-finite training loss ({train_loss}) in epoch {epoch}"
+                rule.start_phase(phase, data.train_x, data.train_y)
+            stats = train_epoch(rule, data, batches, rule.hp.batch_size, device, *limits)
+        train_loss = self._account(rule, data, stats, first, limits[0] is not None, state)
+        if train_loss is None:
             return None
-        with windows.measure(EVAL, state.cost) as ev:
+        with windows.measure(SELECTION, state.cost) as ev:
             val_acc, val_loss = evaluate(rule, data.val_x, data.val_y, self.config.eval_batch_size)
-        suite.after_eval(state.cost, rule, state.phase, int(data.val_x.shape[0]))
-        value = val_acc if self.config.monitor == "val_accuracy" else val_loss
-        improved = state.stopper.update(value, epoch)
+        suite.after_eval(state.cost, rule, state.phase, int(data.val_x.shape[0]), "selection_flops")
+        improved = state.stopper.update(
+            val_acc if self.config.monitor == "val_accuracy" else val_loss, state.epoch + 1
+        )
         if improved:
-            state.best = _clone_modules(rule)
+            state.best = clone_modules(rule)
+        after = flops_so_far(state.cost)
         record = {
-            "epoch": epoch,
+            "epoch": state.epoch + 1,
             "phase": phase.name,
             "epoch_in_phase": state.epoch_in_phase,
             "train_loss": train_loss,
@@ -254,16 +230,68 @@ class Trainer:
             "val_loss": val_loss,
             "improved": improved,
             "train_wall_time_s": train.wall_s,
-            "eval_wall_time_s": ev.wall_s,
+            "selection_wall_time_s": ev.wall_s,
+            "samples": stats.samples,
+            "steps": stats.steps,
+            "train_flops": difference(after[0], before[0]),
+            "selection_flops": difference(after[1], before[1]),
         }
         state.history.append(record)
         return record
+
+    def _account(
+        self,
+        rule: Rule,
+        data: DataBundle,
+        stats: EpochStats,
+        first: bool,
+        by_flops: bool,
+        state: LoopState,
+    ) -> float | None:
+        """Book a training window into the state, then guard against divergence; the epoch's
+        mean training loss (None: no step ran, or the run diverged)."""
+        assert self._suite is not None
+        full = stats.samples == int(data.train_x.shape[0])
+        self._suite.after_train(state.cost, rule, state.phase, first, None if full else stats.steps)
+        state.epoch_in_phase += 1
+        state.samples, state.steps = state.samples + stats.samples, state.steps + stats.steps
+        if not full:
+            state.stopped_by = STOP_FLOPS if by_flops else STOP_SECONDS
+        if stats.steps == 0:
+            return None
+        train_loss = (stats.loss_sum / stats.steps).item()
+        if state.phase_loss is None and stats.first_loss is not None:
+            state.phase_loss = stats.first_loss.item()
+        epoch, factor = state.epoch + 1, self.config.divergence_factor
+        why = divergence(rule, train_loss, state.phase_loss, factor, epoch)
+        if why is not None:
+            state.status, state.reason, state.stopped_by = "diverged", why, ""
+            return None
+        return train_loss
+
+    def _limits(
+        self, rule: Rule, state: LoopState, first: bool
+    ) -> tuple[int | None, float | None] | None:
+        """(steps, seconds) the compute ceilings leave this epoch; None when they leave none."""
+        ceiling, suite = self.ceiling, self._suite
+        if ceiling.flops is None and ceiling.seconds is None:
+            return None, None
+        assert suite is not None
+        probe = suite.probe(rule, state.phase)
+        step_flops = probe.step_flops if isinstance(probe, PhaseProbe) else None
+        setup = probe.setup_flops if isinstance(probe, PhaseProbe) and first else 0
+        max_steps = ceiling.steps_left(state.cost, step_flops, setup)
+        seconds = ceiling.seconds_left(state.cost)
+        if max_steps == 0 or (seconds is not None and seconds <= 0):
+            state.stopped_by = STOP_FLOPS if max_steps == 0 else STOP_SECONDS
+            return None
+        return max_steps, seconds
 
     def _end_phase(
         self, rule: Rule, batches: torch.Generator, phases: list[Phase], state: LoopState
     ) -> None:
         if state.best is not None:
-            _restore_modules(rule, state.best)  # the phase's best weights, before moving on
+            restore_modules(rule, state.best)  # the phase's best weights, before moving on
         state.next_phase(self.config, len(phases))
         if state.phase < len(phases):
             self._checkpoint(rule, batches, state)
@@ -283,11 +311,14 @@ class Trainer:
     ) -> RunResult:
         """Test once (a completed run), write the result and the model."""
         test = None
+        if state.status == "completed" and state.best is not None:
+            restore_modules(rule, state.best)  # a ceiling may have ended the run mid-phase
         if state.status == "completed" and self.evaluate_test:
             assert self._suite is not None
-            with windows.measure(EVAL, state.cost):
+            with windows.measure(TEST, state.cost):
                 test = evaluate(rule, data.test_x, data.test_y, self.config.eval_batch_size)
-            self._suite.after_eval(state.cost, rule, len(phases) - 1, int(data.test_x.shape[0]))
+            n_test = int(data.test_x.shape[0])
+            self._suite.after_eval(state.cost, rule, len(phases) - 1, n_test, "test_flops")
         result = self._result(rule, data, state.status, state.reason, state, test)
         completed = state.status == "completed"
         self.rundir.write_result(result, rule.modules.state_dict() if completed else None)
@@ -302,42 +333,10 @@ class Trainer:
         state: LoopState,
         test: tuple[float, float] | None = None,
     ) -> RunResult:
-        cfg, history = self.config, state.history
         cost = state.cost
         if self._suite is not None:  # derived totals; null + reason for anything unmeasured
             cost = self._suite.finish(cost)
-        best_epoch = state.stopper.best_epoch if state.stopper.best_epoch > 0 else None
-        best_record = next((h for h in history if h["epoch"] == best_epoch), None)
-        phases: dict[str, dict[str, Any]] = {}
-        for h in history:
-            p = phases.setdefault(h["phase"], {"epochs": 0, "best_epoch": None})
-            p["epochs"] += 1
-            if h["improved"]:
-                p["best_epoch"] = h["epoch"]
-        metrics = {
-            "test_accuracy": test[0] if test else None,
-            "test_loss": test[1] if test else None,
-            "val_accuracy": best_record["val_accuracy"] if best_record else None,
-            "val_loss": best_record["val_loss"] if best_record else None,
-            "best_epoch": best_epoch,
-            "epochs_trained": len(history),
-            "phases": phases,
-            "num_parameters": rule.num_parameters(),
-        }
-        return RunResult(
-            status=status,
-            reason=reason,
-            rule=cfg.rule,
-            model=str(cfg.model),
-            dataset=cfg.dataset,
-            seed=cfg.seed,
-            metrics=metrics,
-            cost={k: r.to_dict() for k, r in cost.items()},
-            config=cfg.to_dict(),
-            rule_info=rule_card(rule.info),
-            data=data.info,
-            run_dir=self.out,
-        )
+        return build_result(self.config, rule, data, status, reason, state, cost, test, self.out)
 
 
 def train(

@@ -1,7 +1,8 @@
 """The run's measurement windows, owned by the engine and looked up by name.
 
 A window is a named list of meters (``"train"``: one per epoch, around the training steps;
-``"eval"``: around each evaluation). Entering a window starts its meters in order; leaving it
+``"selection"``: around each validation pass, the cost of early stopping; ``"test"``: around the
+one test evaluation). Entering a window starts its meters in order; leaving it
 stops them in reverse order (so the timers, listed last, start last and stop first: the other
 meters' own start/stop costs fall outside the timed region) and folds each reading into the
 run's cost with the meter's ``combine`` (a sum for time and energy, a max for peaks).
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 from bpfree.meters import Meter, Reading
 
-TRAIN, EVAL = "train", "eval"
+TRAIN, SELECTION, TEST = "train", "selection", "test"
 
 
 @dataclass

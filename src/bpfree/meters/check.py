@@ -12,7 +12,10 @@ from bpfree.meters.memory import CudaMemoryMeter, PeakRssMeter
 def meter_status(device: torch.device) -> list[tuple[str, str]]:
     """(meter, "works: how" | "unavailable:<why>") for every meter of a run on ``device``."""
     rows: list[tuple[str, str]] = [
-        ("train_wall_time / eval_wall_time", "works: time.perf_counter, device synchronised"),
+        (
+            "train_wall_time / selection_wall_time / test_wall_time",
+            "works: time.perf_counter, device synchronised",
+        ),
         ("train_cpu_time", "works: time.process_time (all threads of the training process)"),
     ]
     rapl = RaplMeter()
@@ -44,7 +47,7 @@ def meter_status(device: torch.device) -> list[tuple[str, str]]:
     rows.append(("gpu_max_memory_allocated/reserved", gpu_mem or "works: torch.cuda"))
     rows.append(
         (
-            "train_flops / eval_flops",
+            "train_flops / selection_flops / test_flops",
             "works: torch.utils.flop_counter.FlopCounterMode on probe steps",
         )
     )

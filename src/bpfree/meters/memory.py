@@ -170,6 +170,14 @@ def _storages(tensors: Iterable[Any]) -> Iterable[torch.UntypedStorage]:
                 continue
 
 
+def storage_bytes(tensors: Iterable[Any]) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views of one storage count once)."""
+    seen: dict[int, int] = {}
+    for s in _storages(tensors):
+        seen[s.data_ptr()] = s.nbytes()
+    return sum(seen.values())
+
+
 class TensorMemoryTracker(TorchDispatchMode):
     """Peak bytes of live tensor storage while the mode is active.
 

@@ -23,7 +23,7 @@ import torch
 
 from bpfree.data import DataBundle
 from bpfree.meters.flops import METHOD, FlopCounts, count_flops
-from bpfree.meters.memory import TensorMemoryTracker
+from bpfree.meters.memory import TensorMemoryTracker, storage_bytes
 from bpfree.rules import Batch, Phase, Rule
 
 T = TypeVar("T")
@@ -40,10 +40,29 @@ class PhaseProbe:
     first: FlopCounts | None = None  # the phase's first step
     steady_full: FlopCounts | None = None
     steady_partial: FlopCounts | None = None
-    peak_bytes: int = 0
+    peak_bytes: int = 0  # live tensor storage at its highest during the probe steps
+    state_bytes: int = 0  # the rule's own tensors after them (parameters, gradients, optimizer
+    # state, buffers, caches): what persists between steps; activations = peak - state
 
-    def epoch(self, first_epoch: bool) -> tuple[int, int]:
-        """(forward, backward + update) FLOPs of one epoch."""
+    @property
+    def step_flops(self) -> int | None:
+        """FLOPs of one steady full-batch step."""
+        c = self.steady_full
+        return None if c is None else c.forward + c.backward + c.update
+
+    @property
+    def setup_flops(self) -> int:
+        """FLOPs of ``begin_phase`` and the extra cost of the phase's first step."""
+        extra = 0
+        if self.first is not None and self.steady_full is not None:
+            extra = max(0, self.first.total - self.steady_full.total)
+        return (self.setup.total if self.setup is not None else 0) + extra
+
+    def epoch(self, first_epoch: bool, steps: int | None = None) -> tuple[int, int]:
+        """(forward, backward + update) FLOPs of one epoch, or of its first ``steps`` steps
+        (an epoch cut short by a compute ceiling: full batches only)."""
+        if steps is not None and steps < self.full + (1 if self.rest else 0):
+            return self._steps(first_epoch, steps)
         n_full, n_partial = self.full, 1 if self.rest else 0
         parts: list[tuple[FlopCounts | None, int]] = []
         if first_epoch:  # begin_phase, then the first step in place of one steady step
@@ -53,6 +72,16 @@ class PhaseProbe:
             else:  # fewer samples than a batch: the first step was the partial batch
                 n_partial -= 1
         parts += [(self.steady_full, n_full), (self.steady_partial, n_partial)]
+        fwd = sum(c.forward * k for c, k in parts if c is not None)
+        bwd = sum((c.backward + c.update) * k for c, k in parts if c is not None)
+        return fwd, bwd
+
+    def _steps(self, first_epoch: bool, steps: int) -> tuple[int, int]:
+        parts: list[tuple[FlopCounts | None, int]] = [(self.steady_full, steps)]
+        if first_epoch:  # begin_phase ran even if no step did
+            parts = [(self.setup, 1)]
+            if steps:
+                parts += [(self.first, 1), (self.steady_full, steps - 1)]
         fwd = sum(c.forward * k for c, k in parts if c is not None)
         bwd = sum((c.backward + c.update) * k for c, k in parts if c is not None)
         return fwd, bwd
@@ -90,7 +119,7 @@ def probe_phase(
         with TensorMemoryTracker(state) as tracker:
             if phase is not None:
                 with count_flops() as c:
-                    clone.begin_phase(phase, data.train_x, data.train_y)
+                    clone.start_phase(phase, data.train_x, data.train_y)
                 probe.setup = c
                 with count_flops() as c:
                     clone.train_step(_batch(data, batch_size if full else rest))
@@ -101,6 +130,7 @@ def probe_phase(
                         clone.train_step(_batch(data, rows))
                     setattr(probe, key, c)
         probe.peak_bytes = tracker.peak
+        probe.state_bytes = storage_bytes(t for t in _tensors(clone) if not _is_data(t, data))
         return probe
 
     return _guarded(device, run)

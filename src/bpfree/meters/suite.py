@@ -6,7 +6,7 @@ The trainer owns the windows; this module decides what is measured in them:
   and above idle, with the idle power), peak RSS above the pre-training baseline, GPU allocator
   peaks, and optionally a CodeCarbon estimate. The timers are last in the list, so they start
   last and stop first: the other meters' own start/stop costs fall outside the timed region.
-* evaluation windows: wall time.
+* evaluation windows, ``selection`` (validation, for early stopping) and ``test``: wall time.
 * probes, outside every window, once per phase on a deep copy of the rule (so training is
   unchanged): FLOPs of one full training batch and of the last partial batch, FLOPs of
   ``predict`` on the evaluation batch sizes, and the peak bytes of live tensors of one step.
@@ -40,19 +40,23 @@ from bpfree.rules import Phase, Rule
 REQUIRED = (
     "train_wall_time",
     "train_cpu_time",
-    "eval_wall_time",
+    "selection_wall_time",
+    "selection_flops",
     "gpu_energy",
     "cpu_energy",
     "carbon",
     "peak_rss_delta",
     "peak_tensor_memory",
+    "state_memory",
+    "activation_memory",
     "train_flops",
     "train_flops_per_s",
 )
 UNITS = {
     "train_wall_time": "s",
     "train_cpu_time": "s",
-    "eval_wall_time": "s",
+    "selection_wall_time": "s",
+    "test_wall_time": "s",
     "gpu_energy": "J",
     "gpu_energy_above_idle": "J",
     "gpu_idle_power": "W",
@@ -60,12 +64,15 @@ UNITS = {
     "carbon": "g",
     "peak_rss_delta": "B",
     "peak_tensor_memory": "B",
+    "state_memory": "B",
+    "activation_memory": "B",
     "gpu_max_memory_allocated": "B",
     "gpu_max_memory_reserved": "B",
     "train_flops": "FLOP",
     "train_flops_forward": "FLOP",
     "train_flops_backward": "FLOP",
-    "eval_flops": "FLOP",
+    "selection_flops": "FLOP",
+    "test_flops": "FLOP",
     "train_flops_per_s": "FLOP/s",
     "train_flops_utilisation": "1",
     "matmul_peak": "FLOP/s",
@@ -93,7 +100,8 @@ class MeterSuite:
         self.peak: dict[str, Any] | None = None
         if not self.enabled:
             self.train: list[Meter] = [WallTimer("train_wall_time", device)]
-            self.evaluation: list[Meter] = [WallTimer("eval_wall_time", device)]
+            self.selection: list[Meter] = [WallTimer("selection_wall_time", device)]
+            self.test: list[Meter] = [WallTimer("test_wall_time", device)]
             return
         self.peak = matmul_peak(device)
         nvml = NvmlEnergy((device.index or 0) if device.type == "cuda" else None)
@@ -108,7 +116,8 @@ class MeterSuite:
             country = self.intensity.country or "USA"
             self.train.append(CodeCarbonMeter("energy_estimate", country=country))
         self.train += [CpuTimer("train_cpu_time", device), WallTimer("train_wall_time", device)]
-        self.evaluation = [WallTimer("eval_wall_time", device)]
+        self.selection = [WallTimer("selection_wall_time", device)]
+        self.test = [WallTimer("test_wall_time", device)]
 
     # ---- probes (outside the timed windows) -------------------------------------------------
     def before_phase(self, rule: Rule, phase_index: int, phase: Phase) -> None:
@@ -116,23 +125,35 @@ class MeterSuite:
         if self.enabled:
             self._train_probe[phase_index] = probe_phase(rule, self.data, self.device, phase)
 
-    def after_train(
-        self, cost: dict[str, Reading], rule: Rule, phase_index: int, first_epoch: bool
-    ) -> None:
-        """Account one training epoch's FLOPs and the phase's tensor peak (call outside windows).
-
-        ``first_epoch``: the epoch ran ``begin_phase`` (its one-off work is added once).
-        """
+    def probe(self, rule: Rule, phase_index: int) -> PhaseProbe | str | None:
+        """The phase's probe (None: meters off; a string: why it failed)."""
         if not self.enabled:
-            return
+            return None
         if phase_index not in self._train_probe:  # resumed mid-phase: steady steps only
             self._train_probe[phase_index] = probe_phase(rule, self.data, self.device, None)
-        probe = self._train_probe[phase_index]
+        return self._train_probe[phase_index]
+
+    def after_train(
+        self,
+        cost: dict[str, Reading],
+        rule: Rule,
+        phase_index: int,
+        first_epoch: bool,
+        steps: int | None = None,
+    ) -> None:
+        """Account one training epoch's FLOPs and the phase's tensor memory (outside windows).
+
+        ``first_epoch``: the epoch ran ``begin_phase`` (its one-off work is added once);
+        ``steps``: the epoch was cut short after that many steps (a compute ceiling).
+        """
+        probe = self.probe(rule, phase_index)
+        if probe is None:
+            return
         if isinstance(probe, str):
-            for name in ("train_flops_forward", "train_flops_backward", "peak_tensor_memory"):
+            for name in ("train_flops_forward", "train_flops_backward", *MEMORY):
                 _fold(cost, name, Reading.unavailable(UNITS[name], probe), add)
             return
-        fwd, bwd = probe.epoch(first_epoch and probe.first is not None)
+        fwd, bwd = probe.epoch(first_epoch and probe.first is not None, steps)
         note = probe.note()
         _fold(
             cost,
@@ -151,23 +172,14 @@ class MeterSuite:
             ),
             add,
         )
-        _fold(
-            cost,
-            "peak_tensor_memory",
-            Reading(
-                float(probe.peak_bytes),
-                "B",
-                "probe:dispatch_storage_tracking",
-                "peak bytes of live tensor storage in begin_phase and the first training steps "
-                "of a copy of the rule (its state: parameters, gradients, optimizer state, caches; "
-                "the batch and activations; the dataset excluded; kernel-internal scratch not "
-                "seen), TorchDispatchMode, outside the timed window",
-            ),
-            peak,
-        )
+        for name, value in memory_readings(probe).items():
+            _fold(cost, name, value, peak)
 
-    def after_eval(self, cost: dict[str, Reading], rule: Rule, phase_index: int, n: int) -> None:
-        """Account the FLOPs of one evaluation of ``n`` samples (``predict`` probed once)."""
+    def after_eval(
+        self, cost: dict[str, Reading], rule: Rule, phase_index: int, n: int, name: str
+    ) -> None:
+        """Account the FLOPs of one evaluation of ``n`` samples into ``name``
+        (``selection_flops`` for validation, ``test_flops``); ``predict`` probed once."""
         if not self.enabled:
             return
         rows = self.config.eval_batch_size
@@ -180,12 +192,12 @@ class MeterSuite:
                 self._eval_probe[key] = probe_predict(rule, self.data, self.device, size)
             probe = self._eval_probe[key]
             if isinstance(probe, str):
-                _fold(cost, "eval_flops", Reading.unavailable("FLOP", probe), add)
+                _fold(cost, name, Reading.unavailable("FLOP", probe), add)
                 return
             total += times * probe
         _fold(
             cost,
-            "eval_flops",
+            name,
             Reading(
                 float(total),
                 "FLOP",
@@ -244,6 +256,38 @@ class MeterSuite:
             if name not in out:
                 out[name] = Reading.unavailable(UNITS[name], reason)
         return out
+
+
+MEMORY = ("peak_tensor_memory", "state_memory", "activation_memory")
+_PROBE_NOTE = (
+    "a probe, not the whole run: live tensor storage while begin_phase and the first training "
+    "steps of a copy of the rule ran, outside the timed window (TorchDispatchMode; the dataset "
+    "excluded; kernel-internal scratch not seen)"
+)
+
+
+def memory_readings(probe: PhaseProbe) -> dict[str, Reading]:
+    """Peak tensor memory of the probe steps, split into the rule's persistent state and the
+    rest (activations, the batch and temporaries)."""
+    source = "probe:dispatch_storage_tracking"
+    activations = max(0, probe.peak_bytes - probe.state_bytes)
+    return {
+        "peak_tensor_memory": Reading(float(probe.peak_bytes), "B", source, _PROBE_NOTE),
+        "state_memory": Reading(
+            float(probe.state_bytes),
+            "B",
+            source,
+            "the rule's own tensors after the probe steps: parameters, gradients, optimizer "
+            "state, buffers, caches",
+        ),
+        "activation_memory": Reading(
+            float(activations),
+            "B",
+            source,
+            "peak_tensor_memory - state_memory: activations, the batch and temporaries at the "
+            "peak; " + _PROBE_NOTE,
+        ),
+    }
 
 
 def _fold(

@@ -7,7 +7,8 @@ what "backprop-free" means for it, its native network per dataset kind) and a fr
 
     setup(model, num_classes, device, generator)   # attach the body, build heads/optimizers
     for each phase in phases():                     # one for most rules
-        begin_phase(phase, train_x, train_y)        # inside the timed window
+        start_phase(phase, train_x, train_y)        # inside the timed window: calls the
+                                                    # rule's begin_phase, then schedules lr
         train_step(batch) ... per batch             # one update, returns the detached loss
         predict(x) on validation batches            # logits, batch-independent
     state_dict() / load_state_dict() for checkpoints
@@ -30,6 +31,7 @@ from bpfree.errors import ConfigError
 from bpfree.models import MODELS, BlockNet
 from bpfree.registry import Registry
 from bpfree.rules.hparams import Hparams
+from bpfree.rules.toolkit.optim import schedule_phase
 
 ReverseAD = Literal["none", "within_block", "global"]
 ANY_KIND = "*"  # a native network for every dataset kind
@@ -73,13 +75,18 @@ class Batch(NamedTuple):
 
 @dataclass(frozen=True)
 class Phase:
-    """A stage of training with its own early stopping (e.g. one layer of a sequential rule)."""
+    """A stage of training with its own early stopping (e.g. one layer of a sequential rule).
+
+    The run's budget is a total number of data passes, summed over its phases (``--epochs``).
+    A phase either takes a fixed number of them (``max_epochs``: e.g. CaFo-DFA's block
+    pretraining, or 1 for a closed-form solve) or, with ``max_epochs=None``, an equal share of
+    what the fixed phases leave. The trainer passes ``begin_phase`` the phase with ``max_epochs``
+    set to its allotment.
+    """
 
     name: str
     index: int = 0
-    max_epochs: int | None = None  # the phase's own epoch cap (e.g. 1 for a closed-form solve);
-    # the run's epoch cap still applies: the phase runs min(max_epochs, config epochs) at most;
-    # the trainer passes begin_phase the phase with max_epochs set to that effective cap
+    max_epochs: int | None = None
 
 
 class Rule(ABC):
@@ -120,11 +127,22 @@ class Rule(ABC):
 
     # ---- training -------------------------------------------------------------------------
     def phases(self) -> list[Phase]:
-        """The training stages; each gets the epoch cap and early stopping of its own."""
+        """The training stages, each with early stopping of its own, sharing the run's data
+        passes (see :class:`Phase`). Reads only ``self.hp`` and ``self.model`` (the budget is
+        checked before a run starts, on a model without memory)."""
         return [Phase("train")]
 
     def begin_phase(self, phase: Phase, train_x: torch.Tensor, train_y: torch.Tensor) -> None:
         """Called at the start of each phase, inside the timed training region."""
+
+    def start_phase(self, phase: Phase, train_x: torch.Tensor, train_y: torch.Tensor) -> None:
+        """What the trainer calls at a phase's start: the rule's ``begin_phase``, then the
+        step-size schedule of its optimizers over the phase's steps (``lr_cooldown``)."""
+        self.begin_phase(phase, train_x, train_y)
+        if getattr(self.hp, "lr_cooldown", False):
+            steps_per_epoch = -(-int(train_x.shape[0]) // self.hp.batch_size)
+            for opt in self.optimizers().values():
+                schedule_phase(opt, (phase.max_epochs or 0) * steps_per_epoch)
 
     @abstractmethod
     def train_step(self, batch: Batch) -> torch.Tensor:

@@ -11,7 +11,10 @@ a_0 = flattened input); the rule adds the output layer W_out (C x d_L), b_out. P
 
 B_l (C x d_l) is a fixed random feedback matrix drawn once from the rule's generator and kept as
 a buffer (so it is checkpointed). relu'(z_l) is the boolean mask a_l > 0, taken from a_l, which
-is stored anyway as the next layer's input: no float copy of z_l is kept. Every update is an
+is stored anyway as the next layer's input: no float copy of z_l is kept. The hidden updates are
+computed from the top layer down and each a_l is dropped once used, so the stored activations
+shrink as backprop's do during its backward pass (the updates are independent, so the order
+changes nothing else). Every update is an
 explicit matmul under ``torch.no_grad()``; the results are written to ``.grad`` and the
 optimizer steps. No autograd backward call is made
 (``reverse_ad = "none"``), no forward weight is ever transposed into an update (no weight
@@ -107,10 +110,11 @@ class DirectFeedbackAlignment(Rule):
         loss = F.cross_entropy(logits, batch.y)
         e = output_error(logits, batch.y)  # (B, C)
         set_linear_grad(self.head, e, acts[-1])  # the output layer's true gradient
-        for k, block in enumerate(self.model.blocks):
+        for k in reversed(range(len(self.model.blocks))):  # from the top, freeing as it goes
+            a = acts.pop()  # a_l: its mask is all the update needs from it
             # (B, C) x (C, d_l) * relu'(z_l), the mask read off a_l
-            delta = (e @ self.feedback[k]) * relu_mask(acts[k + 1])
-            set_linear_grad(block.linear, delta, acts[k])
+            delta = (e @ self.feedback[k]).mul_(relu_mask(a))  # in place: one (B, d_l) buffer
+            set_linear_grad(self.model.blocks[k].linear, delta, acts[-1])
         self.opt.step()
         return loss
 

@@ -111,7 +111,7 @@ class FeedbackAlignment(Rule):
         for k in reversed(range(len(self.model.blocks))):  # layer l = k + 1, from the top
             a = acts.pop()  # a_l (B, d_l), no longer needed once its mask is read
             # (B, d_{l+1}) x (d_{l+1}, d_l) * relu'(z_l), the mask read off a_l
-            delta = (delta @ self.feedback[k].t()) * relu_mask(a)
+            delta = (delta @ self.feedback[k].t()).mul_(relu_mask(a))  # in place
             set_linear_grad(self.model.blocks[k].linear, delta, acts[-1])
         self.opt.step()
         return loss

@@ -38,8 +38,9 @@ positive, so it cannot read the label off the input.
 
 Deviations: none in the update. Optimizer Adam (lr 1e-3) rather than Hinton's unstated one; the
 popular port (loeweX/Forward-Forward) uses SGD with momentum, available as ``optimizer="sgd"``.
-``lr_cooldown = True`` decays the step size linearly over the second half of each phase's epoch
-cap, as Hinton's own code and the loeweX port do; it is off by default (a constant step), and
+``lr_cooldown = True`` (a setting every rule shares, applied by the framework) decays the step
+size linearly over the second half of each phase's allotted steps, as Hinton's own code and the
+loeweX port do (per step here, per epoch there); it is off by default (a constant step), and
 early stopping can end a phase before the cool-down is over.
 The reported training loss is the mean of the layers' BCE losses (peer terms excluded).
 """
@@ -78,7 +79,6 @@ class FFHparams(OptimizerSettings):
     peer_momentum: float = in_range(0.9, 0.0, 1.0)  # running-mean momentum (Hinton 2022)
     schedule: Literal["simultaneous", "layerwise"] = "simultaneous"
     predict_mode: Literal["goodness", "classifier"] = "goodness"
-    lr_cooldown: bool = False  # linear decay over the 2nd half of each phase's epoch cap
 
     @classmethod
     def suggest(cls, trial: Any) -> FFHparams:
@@ -158,7 +158,6 @@ class ForwardForward(Rule):
         self.first = 1 if len(dims) > 1 else 0  # first layer counted at inference
         self.n_active = len(dims)  # layers trained so far (layerwise) or all
         self.train_classifier = self.hp.schedule == "simultaneous"
-        self.step, self.total_steps = 0, 0  # position in the phase's learning-rate schedule
         if self.hp.predict_mode == "classifier":
             self.classifier = nn.Linear(sum(dims[self.first :]), self.num_classes)
             self.modules["classifier"] = self.classifier
@@ -182,8 +181,6 @@ class ForwardForward(Rule):
         return out
 
     def begin_phase(self, phase: Phase, train_x: torch.Tensor, train_y: torch.Tensor) -> None:
-        steps_per_epoch = -(-int(train_x.shape[0]) // self.hp.batch_size)
-        self.step, self.total_steps = 0, (phase.max_epochs or 0) * steps_per_epoch
         if self.hp.schedule != "layerwise":
             return
         assert self.model is not None
@@ -198,27 +195,11 @@ class ForwardForward(Rule):
         return {"opt": self.opt} if hasattr(self, "opt") else {}
 
     def extra_state(self) -> dict[str, Any]:
-        return {
-            "n_active": self.n_active,
-            "train_classifier": self.train_classifier,
-            "step": self.step,
-            "total_steps": self.total_steps,
-        }
+        return {"n_active": self.n_active, "train_classifier": self.train_classifier}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.n_active = int(state.get("n_active", self.n_active))
         self.train_classifier = bool(state.get("train_classifier", self.train_classifier))
-        self.step = int(state.get("step", self.step))
-        self.total_steps = int(state.get("total_steps", self.total_steps))
-
-    def current_lr(self) -> float:
-        """The step size of the next update: ``lr``, or with ``lr_cooldown`` ``lr`` for the
-        first half of the phase's T steps and lr * 2 (T - t) / T for step t of the second half
-        (Hinton's and the loeweX port's linear cool-down, per step instead of per epoch)."""
-        t, total = self.step, self.total_steps
-        if not self.hp.lr_cooldown or total <= 0:
-            return self.hp.lr
-        return self.hp.lr * min(1.0, 2.0 * max(total - t, 1) / total)
 
     # ---- training ------------------------------------------------------------------------
     def negative_labels(self, y: torch.Tensor) -> torch.Tensor:
@@ -244,11 +225,6 @@ class ForwardForward(Rule):
     def train_step(self, batch: Batch) -> torch.Tensor:
         x = batch.x.flatten(1)  # (B, D)
         hp = self.hp
-        if self.hp.lr_cooldown:
-            lr = self.current_lr()
-            for group in self.opt.param_groups:
-                group["lr"] = lr
-        self.step += 1
         self.opt.zero_grad(set_to_none=True)  # before the forward: no stale gradient in the peak
         if self.train_classifier and hp.schedule == "layerwise":  # frozen FF layers
             with torch.no_grad():

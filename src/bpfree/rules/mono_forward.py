@@ -75,9 +75,10 @@ class MonoForward(Rule):
             self.opt = self.hp.optimizer_for(self.modules.parameters())
 
     def phases(self) -> list[Phase]:
+        assert self.model is not None
         if self.hp.schedule == "simultaneous":
             return [Phase("train")]
-        return [Phase(f"layer{i + 1}", i) for i in range(len(self.projections))]
+        return [Phase(f"layer{i + 1}", i) for i in range(len(self.model.blocks))]
 
     def begin_phase(self, phase: Phase, train_x: torch.Tensor, train_y: torch.Tensor) -> None:
         if self.hp.schedule == "sequential":

@@ -2,7 +2,8 @@
 never from a sibling rule.
 
 * optimizers: :class:`OptimizerSettings` (the Hparams base every rule reuses),
-  :func:`make_optimizer`, :func:`suggest_optimizer` (the common search space);
+  :func:`make_optimizer`, :func:`suggest_optimizer` (the common search space),
+  :func:`schedule_phase` (the step-size cool-down, applied by the framework);
 * fixed matrices and explicit updates: :class:`FixedRandom`, :func:`output_error`,
   :func:`relu_mask`, :func:`set_linear_grad`, :func:`dense_activations`;
 * local learning: :func:`local_heads`, :func:`layer_by_layer` (frees each layer's graph);
@@ -23,7 +24,9 @@ from bpfree.rules.toolkit.optim import (
     OPTIMIZER_FIELDS,
     OptimizerName,
     OptimizerSettings,
+    cooldown_factor,
     make_optimizer,
+    schedule_phase,
     suggest_optimizer,
 )
 
@@ -34,6 +37,7 @@ __all__ = [
     "OptimizerName",
     "OptimizerSettings",
     "at_least",
+    "cooldown_factor",
     "dense_activations",
     "in_range",
     "layer_by_layer",
@@ -43,6 +47,7 @@ __all__ = [
     "output_error",
     "positive",
     "relu_mask",
+    "schedule_phase",
     "set_linear_grad",
     "sparsemax",
     "sparsemax_loss",

@@ -1,8 +1,14 @@
 """Optimizer settings every rule's Hparams reuses, and the optimizers built from them.
 
 ``OptimizerSettings`` holds what a rule and its backprop twin must share to be compared "at the
-same optimizer" (protocol.md point 4): optimizer, learning rate, weight decay, momentum and
-batch size. A rule's Hparams subclasses it and overrides the defaults its paper uses.
+same optimizer" (protocol.md point 4): optimizer, learning rate, weight decay, momentum, batch
+size and step-size schedule. A rule's Hparams subclasses it and overrides the defaults its paper
+uses.
+
+The schedule is applied to every optimizer a rule builds, by the framework, not the rule: at the
+start of each phase :func:`schedule_phase` records each parameter group's base step size and the
+phase's number of steps in the group itself (so it is checkpointed with the optimizer), and a
+hook sets the step size before every ``optimizer.step()``.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import torch
 from bpfree.rules.hparams import Hparams, at_least, nonnegative, positive
 
 OptimizerName = Literal["adam", "adamw", "sgd"]
-OPTIMIZER_FIELDS = ("optimizer", "lr", "weight_decay", "momentum", "batch_size")
+OPTIMIZER_FIELDS = ("optimizer", "lr", "weight_decay", "momentum", "batch_size", "lr_cooldown")
 
 
 def make_optimizer(
@@ -44,6 +50,9 @@ class OptimizerSettings(Hparams):
     weight_decay: float = nonnegative(0.0)
     optimizer: OptimizerName = "adam"
     momentum: float = nonnegative(0.9)  # only for sgd
+    # Linear cool-down over the second half of each phase (Hinton's FF code, the loeweX port):
+    # lr for the first half of the phase's T steps, then lr * 2 (T - t) / T at step t.
+    lr_cooldown: bool = False
 
     def optimizer_for(
         self, params: Iterable[Any], *, lr: float | None = None, weight_decay: float | None = None
@@ -79,3 +88,29 @@ def suggest_optimizer(
         "weight_decay": trial.suggest_float("weight_decay", *weight_decay, log=True),
         "batch_size": trial.suggest_categorical("batch_size", list(batch_sizes)),
     }
+
+
+_BASE, _STEP, _TOTAL = "bpfree_base_lr", "bpfree_step", "bpfree_phase_steps"
+
+
+def cooldown_factor(step: int, total: int) -> float:
+    """The cool-down multiplier of step ``step`` (0-based) of ``total``: 1 for the first half,
+    then 2 (T - t) / T (never below 1 / T)."""
+    return min(1.0, 2.0 * max(total - step, 1) / total)
+
+
+def _cooldown_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    for group in opt.param_groups:
+        if group.get(_TOTAL, 0) > 0:
+            group["lr"] = group[_BASE] * cooldown_factor(group[_STEP], group[_TOTAL])
+            group[_STEP] += 1
+
+
+def schedule_phase(opt: torch.optim.Optimizer, total_steps: int) -> None:
+    """Cool the step size of ``opt`` down over the ``total_steps`` steps of a phase."""
+    if not getattr(opt, "_bpfree_cooldown", False):
+        opt.register_step_pre_hook(_cooldown_hook)
+        opt._bpfree_cooldown = True  # type: ignore[attr-defined]
+    for group in opt.param_groups:
+        group.setdefault(_BASE, group["lr"])
+        group[_STEP], group[_TOTAL] = 0, total_steps
