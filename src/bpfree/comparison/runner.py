@@ -17,20 +17,26 @@ from typing import Any
 from bpfree.comparison.plan import (
     BASELINE,
     Entry,
+    GridRun,
     PlannedRun,
+    assign_twins,
     build_plan,
+    lr_grid_plan,
     parse_entries,
+    parse_seeds,
     plan_digest,
+    split_sets,
 )
 from bpfree.comparison.queue import RunQueue
 from bpfree.comparison.tune import Target, study_name, tune_all
-from bpfree.config import TRAINER_KEYS, TrainConfig, parse_sets
+from bpfree.config import TrainConfig
+from bpfree.data import DataBundle
 from bpfree.engine import RunResult, Trainer, load_data
 from bpfree.engine.io import read_json, write_json
 from bpfree.errors import ConfigError
 from bpfree.reporting import write_report
 from bpfree.rules import RULES
-from bpfree.sweeps.budget import Budget
+from bpfree.sweeps.budget import Budget, search_space
 from bpfree.sweeps.storage import redact, resolve_url
 
 MANIFEST = "compare.json"
@@ -44,47 +50,7 @@ class Comparison:
     plan: list[PlannedRun]
     results: dict[str, RunResult]
     tuning: dict[str, Any] | None = field(default=None)  # compare.json's "tuning" record
-
-
-def split_sets(
-    sets: list[str], labels: list[str]
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """``--set`` items of a comparison (the grammar of :func:`bpfree.config.parse_sets`):
-    ``key=value`` is a trainer setting, or a hyperparameter of every compared rule that has
-    it; ``rule.key=value`` a hyperparameter of that rule's entries only (a single variant takes
-    its own inline: ``cafo:blocks=dfa:ridge=3``), ``bp.key`` of the backprop twins. Returns
-    (trainer settings, hyperparameters by rule)."""
-    parsed = parse_sets(sets)
-    if "seed" in parsed.trainer:
-        raise ConfigError("--set seed: a comparison's seeds are given by --seeds")
-    rules = {label.split(":")[0] for label in labels}
-    for scope in parsed.scoped:
-        if scope != BASELINE and scope not in rules:
-            raise ConfigError(f"--set {scope}.*: {scope!r} is not among the compared rules")
-    scoped = {scope: dict(items) for scope, items in parsed.scoped.items()}
-    for key, value in parsed.rule.items():
-        takers = [r for r in sorted(rules) if key in RULES.get(r).Hparams.field_names()]
-        if not takers:
-            raise ConfigError(
-                f"--set {key}: no compared rule has a setting {key!r}, and it is no trainer "
-                f"setting (those are: {', '.join(sorted(TRAINER_KEYS - {'seed'}))})"
-            )
-        for r in takers:
-            scoped.setdefault(r, {}).setdefault(key, value)
-    return parsed.trainer, scoped
-
-
-def parse_seeds(seeds: int | str | list[int]) -> list[int]:
-    """``3`` -> [0, 1, 2]; ``"0,5,9"`` -> [0, 5, 9]."""
-    if isinstance(seeds, list):
-        return seeds
-    text = str(seeds)
-    if "," in text:
-        return [int(s) for s in text.split(",") if s.strip()]
-    n = int(text)
-    if n < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {n}")
-    return list(range(n))
+    grid: list[GridRun] = field(default_factory=list)  # learning-rate sensitivity runs
 
 
 def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
@@ -110,9 +76,15 @@ def _tuning_targets(
     """(label, base settings) of every study: each entry, then each distinct twin, on the
     comparison's first seed with the tuning epoch cap and training subset."""
     first = {r.label: r.config for r in plan if r.config.seed == seed}
-    labels = [e.label for e in entries]
-    labels += list(dict.fromkeys(f"{BASELINE}@{e.model}" for e in entries))
-    return [(label, first[label].replace(**overrides)) for label in labels]
+    targets = [(e.label, first[e.label].replace(**overrides)) for e in entries]
+    for label in dict.fromkeys(e.twin for e in entries):
+        # A twin keeps its rule's settings outside backprop's search space (e.g. a matched
+        # lr schedule); what the search tunes starts from backprop's defaults.
+        cfg = first[label]
+        defaults = RULES.get(cfg.rule).Hparams().to_dict()
+        tuned = {k: defaults[k] for k in search_space(cfg.rule)}
+        targets.append((label, cfg.replace(**overrides, hparams={**cfg.hparams, **tuned})))
+    return targets
 
 
 def _tuned(plan: list[PlannedRun], records: dict[str, dict[str, Any]]) -> list[PlannedRun]:
@@ -143,11 +115,15 @@ def compare(
     tune_train_samples: int | None = None,
     storage: str | None = None,
     budget: dict[str, Any] | None = None,
+    twin: str = "matched",
+    lr_grid: list[float] | None = None,
 ) -> Comparison:
     """Train each rule on its native network and backprop on the same network, then report.
 
     Interrupted and rerun with the same options, it reuses finished runs and resumes the
-    interrupted one, so every run is done exactly once.
+    interrupted one, so every run is done exactly once. ``epochs`` is the budget of every run
+    in total data passes; ``twin="matched"`` (default) gives each backprop twin its rule's
+    optimizer settings, ``"own"`` backprop's own defaults.
 
     ``tune=N``: first tune every rule variant and every backprop twin with N trials under one
     budget (``tune_epochs`` and ``tune_train_samples`` per trial, default the comparison's own;
@@ -156,57 +132,39 @@ def compare(
     else in ``<out>/tuning.db``. ``storage=URL``: several processes running the same comparison
     share its tuning trials and seeded runs through that storage (``budget``'s heartbeat
     settings apply to both).
+
+    ``lr_grid``: also train every rule and twin at each of these step sizes, on the first seed,
+    scored on validation only (the report plots validation accuracy against lr).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out)
     labels = [r.strip() for r in rules.split(",") if r.strip()]
     base, scoped = split_sets(list(sets or []), labels)
-    for key, value in (
-        ("epochs", epochs),
-        ("train_samples", train_samples),
-        ("data_dir", data_dir),
-        ("device", device),
-    ):
-        if value is not None:
-            base[key] = value
+    given = {"epochs": epochs, "train_samples": train_samples, "data_dir": data_dir}
+    base.update({k: v for k, v in {**given, "device": device}.items() if v is not None})
     entries = parse_entries(rules, dataset, models, scoped)
+    entries = assign_twins(entries, twin, scoped.get(BASELINE))
     seed_list = parse_seeds(seeds)
-    plan = build_plan(entries, dataset, seed_list, base, scoped.get(BASELINE))
+    plan = build_plan(entries, dataset, seed_list, base)
+    grid = []
+    if lr_grid:
+        grid = lr_grid_plan(
+            entries, dataset, seed_list[0], base, lr_grid, twin, scoped.get(BASELINE)
+        )
     plan_budget = Budget.from_dict({"n_trials": tune or 1, **(budget or {})})
-    request: dict[str, Any] | None = None
+    request = None
     if tune is not None:
-        first = plan[0].config
-        request = {
-            "trials": tune,
-            "budget": plan_budget.to_dict(),
-            "sampler_pruner": plan_budget.describe(),
-            "epochs": tune_epochs if tune_epochs is not None else first.epochs,
-            "train_samples": (
-                tune_train_samples if tune_train_samples is not None else first.train_samples
-            ),
-            "seed": seed_list[0],
-        }
+        request = _tuning_request(tune, plan_budget, plan[0].config, seed_list[0])
+        request["epochs"] = tune_epochs if tune_epochs is not None else request["epochs"]
+        if tune_train_samples is not None:
+            request["train_samples"] = tune_train_samples
     # The comparison's identity: its runs (without where data lives) and its tuning request.
     shared = [
-        [r.key, {k: v for k, v in r.config.to_dict().items() if k != "data_dir"}] for r in plan
+        [r.key, {k: v for k, v in r.config.to_dict().items() if k != "data_dir"}]
+        for r in [*plan, *grid]
     ]
     prefix = "cmp-" + _digest(shared, request)
-    manifest = {
-        "digest": plan_digest(plan) if request is None else _digest(plan_digest(plan), request),
-        "dataset": dataset,
-        "seeds": seed_list,
-        "entries": [
-            {
-                "label": e.label,
-                "rule": e.rule,
-                "model": e.model,
-                "hparams": e.hparams,
-                "twin": f"{BASELINE}@{e.model}",
-            }
-            for e in entries
-        ],
-        "runs": [{"key": r.key, "label": r.label, "config": r.config.to_dict()} for r in plan],
-    }
+    manifest = _manifest(dataset, seed_list, entries, plan, grid, twin, request)
     url = None
     if storage is not None:
         url = resolve_url(storage)
@@ -215,31 +173,11 @@ def compare(
     _check_manifest(out, manifest)
     tuning = None
     if request is not None:
-        tune_url = url or resolve_url(str((out / TUNING_DB).resolve()))
-        overrides = {"epochs": request["epochs"], "train_samples": request["train_samples"]}
-        targets = [
-            Target(label, study_name(prefix, label), cfg)
-            for label, cfg in _tuning_targets(plan, entries, seed_list[0], overrides)
-        ]
-        log(
-            f"tuning {len(targets)} studies, {tune} trials each, same budget "
-            f"({request['epochs']} epochs per trial) in {redact(tune_url)}"
-        )
-        records = tune_all(targets, plan_budget, tune_url, log=log, progress=progress)
-        tuning = {**request, "storage": redact(tune_url), "studies": records}
-        plan = _tuned(plan, records)
+        plan, tuning = _tune(out, url, prefix, plan, entries, plan_budget, request, log, progress)
         manifest["tuning"] = tuning
-        manifest["runs"] = [
-            {"key": r.key, "label": r.label, "config": r.config.to_dict()} for r in plan
-        ]
+        manifest["runs"] = _runs_record(plan)
         write_json(out / MANIFEST, manifest)
-    first = plan[0].config
-    data = load_data(first)
-
-    def train(run: PlannedRun) -> RunResult:
-        run_dir = out / "runs" / run.key
-        return Trainer(run.config, run_dir, resume=True, progress=progress, data=data).run()
-
+    data = load_data(plan[0].config)
     if url is not None:
         queue = RunQueue(
             f"{prefix}-runs",
@@ -250,26 +188,137 @@ def compare(
             grace_period_s=plan_budget.grace_period_s,
             log=log,
         )
-        results = queue.work(train)
+        results = queue.work(lambda run: _train(out, run, data, progress, True))
     else:
-        results = {}
-        for i, run in enumerate(plan, 1):
-            run_dir = out / "runs" / run.key
-            done = (run_dir / "result.json").exists() and not (run_dir / "checkpoint.pt").exists()
-            verb = "reused" if done else "training"
-            log(
-                f"[{i}/{len(plan)}] {run.label} on {run.config.model}, seed {run.config.seed}: "
-                f"{verb}"
-            )
-            result = train(run)
-            results[run.key] = result
-            if not done:
-                acc = result.metrics.get("test_accuracy")
-                log(
-                    f"        {result.status}"
-                    + (f", test accuracy {100 * acc:.2f}%" if acc else "")
-                )
-    comparison = Comparison(out, entries, plan, results, tuning)
+        results = _run_local(out, plan, data, progress, log)
+    _run_local(out, grid, data, progress, log, test=False)
+    comparison = Comparison(out, entries, plan, results, tuning, grid)
     if report:
         write_report(out)
     return comparison
+
+
+def _tuning_request(trials: int, budget: Budget, first: TrainConfig, seed: int) -> dict[str, Any]:
+    return {
+        "trials": trials,
+        "budget": budget.to_dict(),
+        "sampler_pruner": budget.describe(),
+        "epochs": first.epochs,
+        "train_samples": first.train_samples,
+        "seed": seed,
+    }
+
+
+def _runs_record(plan: list[PlannedRun]) -> list[dict[str, Any]]:
+    return [{"key": r.key, "label": r.label, "config": r.config.to_dict()} for r in plan]
+
+
+def _manifest(
+    dataset: str,
+    seeds: list[int],
+    entries: list[Entry],
+    plan: list[PlannedRun],
+    grid: list[GridRun],
+    twin: str,
+    request: dict[str, Any] | None,
+) -> dict[str, Any]:
+    digest = plan_digest(plan)
+    if grid:
+        digest = _digest(digest, plan_digest(grid))
+    manifest: dict[str, Any] = {
+        "digest": digest if request is None else _digest(digest, request),
+        "dataset": dataset,
+        "seeds": seeds,
+        "twin_mode": twin,
+        "entries": [
+            {
+                "label": e.label,
+                "rule": e.rule,
+                "model": e.model,
+                "hparams": e.hparams,
+                "twin": e.twin,
+                "twin_hparams": e.twin_hparams,
+            }
+            for e in entries
+        ],
+        "runs": _runs_record(plan),
+    }
+    if grid:
+        manifest["lr_grid"] = {
+            "values": sorted({g.lr for g in grid}),
+            "seed": grid[0].config.seed,
+            "runs": [
+                {
+                    "key": g.key,
+                    "label": g.label,
+                    "base": g.base,
+                    "lr": g.lr,
+                    "config": g.config.to_dict(),
+                }
+                for g in grid
+            ],
+        }
+    return manifest
+
+
+def _tune(
+    out: Path,
+    url: str | None,
+    prefix: str,
+    plan: list[PlannedRun],
+    entries: list[Entry],
+    budget: Budget,
+    request: dict[str, Any],
+    log: Any,
+    progress: bool | None,
+) -> tuple[list[PlannedRun], dict[str, Any]]:
+    """Tune every entry and twin under one budget; the plan with each one's best settings."""
+    tune_url = url or resolve_url(str((out / TUNING_DB).resolve()))
+    where = redact(url) if url is not None else f"{TUNING_DB} in the comparison directory"
+    overrides = {"epochs": request["epochs"], "train_samples": request["train_samples"]}
+    targets = [
+        Target(label, study_name(prefix, label), cfg)
+        for label, cfg in _tuning_targets(plan, entries, request["seed"], overrides)
+    ]
+    log(
+        f"tuning {len(targets)} studies, {request['trials']} trials each, same budget "
+        f"({request['epochs']} data passes per trial) in {where}"
+    )
+    records = tune_all(targets, budget, tune_url, log=log, progress=progress)
+    return _tuned(plan, records), {**request, "storage": where, "studies": records}
+
+
+def _train(
+    out: Path, run: PlannedRun | GridRun, data: DataBundle, progress: bool | None, test: bool
+) -> RunResult:
+    run_dir = out / "runs" / run.key
+    return Trainer(
+        run.config, run_dir, resume=True, progress=progress, data=data, evaluate_test=test
+    ).run()
+
+
+def _run_local(
+    out: Path,
+    runs: list[PlannedRun] | list[GridRun],
+    data: DataBundle,
+    progress: bool | None,
+    log: Any,
+    test: bool = True,
+) -> dict[str, RunResult]:
+    """Every run in this process, in order, reusing finished ones."""
+    results = {}
+    for i, run in enumerate(runs, 1):
+        run_dir = out / "runs" / run.key
+        done = (run_dir / "result.json").exists() and not (run_dir / "checkpoint.pt").exists()
+        kind = "" if test else " (learning-rate grid, validation only)"
+        log(
+            f"[{i}/{len(runs)}] {run.label} on {run.config.model}, seed {run.config.seed}{kind}: "
+            + ("reused" if done else "training")
+        )
+        result = _train(out, run, data, progress, test)
+        results[run.key] = result
+        if not done:
+            acc = result.metrics.get("test_accuracy" if test else "val_accuracy")
+            what = "test" if test else "validation"
+            log(f"        {result.status}" + (f", {what} accuracy {100 * acc:.2f}%" if acc else ""))
+    return results

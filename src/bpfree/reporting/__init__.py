@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bpfree.engine.io import write_text
-from bpfree.reporting.collect import first_env, load_comparison
-from bpfree.reporting.html import render, tuning_note
+from bpfree.reporting.collect import commits, first_env, load_comparison, load_grid
+from bpfree.reporting.html import render, tuning_note, twin_note
 from bpfree.reporting.plots import all_figures
 from bpfree.reporting.tables import build_rows, csv_text, latex, markdown
 
@@ -18,7 +18,7 @@ def write_report(path: str | Path, *, plots: bool = True) -> str:
     manifest, groups = load_comparison(root)
     rows = build_rows(groups)
     out = root / "report"
-    table = markdown(rows)
+    table = markdown(rows) + f"\nTwins: {twin_note(manifest)}.\n"
     if manifest.get("tuning"):
         table += f"\n{tuning_note(manifest)}\n"
     write_text(out / "table.md", table)
@@ -26,7 +26,7 @@ def write_report(path: str | Path, *, plots: bool = True) -> str:
     write_text(out / "table.tex", latex(rows))
     figures: dict[str, bytes] = {}
     if plots:
-        figures = all_figures(rows, groups)
+        figures = all_figures(rows, groups, load_grid(root, manifest))
         for name, png in figures.items():
             (out / f"{name}.png").write_bytes(png)
     sources: dict[str, set[str]] = {}
@@ -36,7 +36,15 @@ def write_report(path: str | Path, *, plots: bool = True) -> str:
                 sources.setdefault(name, set()).add(str(reading.get("source")))
     write_text(
         out / "report.html",
-        render(manifest, first_env(root, manifest), groups, rows, figures, sources),
+        render(
+            manifest,
+            first_env(root, manifest),
+            groups,
+            rows,
+            figures,
+            sources,
+            commits(root, manifest),
+        ),
     )
     return table
 

@@ -23,9 +23,16 @@ class Group:
     twin: str | None  # label of its backprop twin; None for a twin itself
     runs: dict[int, dict[str, Any]] = field(default_factory=dict)  # seed -> result.json
     history: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # seed -> epochs
+    planned: set[int] = field(default_factory=set)  # the seeds the comparison plans
 
     def completed(self) -> dict[int, dict[str, Any]]:
         return {s: r for s, r in self.runs.items() if r.get("status") == "completed"}
+
+    def counts(self) -> tuple[int, int, int]:
+        """(completed, diverged, not finished: interrupted, failed or not run yet)."""
+        done = len(self.completed())
+        diverged = sum(1 for r in self.runs.values() if r.get("status") == "diverged")
+        return done, diverged, len(self.planned) - done - diverged
 
     def values(self, metric: str) -> dict[int, float]:
         return {
@@ -56,12 +63,38 @@ def load_comparison(path: str | Path) -> tuple[dict[str, Any], dict[str, Group]]
         run_dir = root / "runs" / run["key"]
         group = groups[run["label"]]
         seed = run["config"]["seed"]
+        group.planned.add(seed)
         if (run_dir / "result.json").exists():
             group.runs[seed] = read_json(run_dir / "result.json")
         if (run_dir / "metrics.jsonl").exists():
             lines = (run_dir / "metrics.jsonl").read_text().splitlines()
             group.history[seed] = [json.loads(x) for x in lines if x.strip()]
     return manifest, groups
+
+
+def load_grid(root: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The learning-rate grid's finished runs: {base, lr, status, val_accuracy}."""
+    out = []
+    for run in manifest.get("lr_grid", {}).get("runs", []):
+        path = root / "runs" / run["key"] / "result.json"
+        if path.exists():
+            result = read_json(path)
+            acc = result["metrics"].get("val_accuracy")
+            out.append(
+                {"base": run["base"], "lr": run["lr"], "status": result["status"], "val": acc}
+            )
+    return out
+
+
+def commits(root: Path, manifest: dict[str, Any]) -> dict[str, int]:
+    """How many runs came from each commit (``-dirty``: from a tree with uncommitted changes)."""
+    out: dict[str, int] = {}
+    for run in manifest["runs"]:
+        env = root / "runs" / run["key"] / "env.json"
+        if env.exists():
+            sha = str(read_json(env).get("git_sha") or "unknown")
+            out[sha] = out.get(sha, 0) + 1
+    return out
 
 
 def first_env(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:

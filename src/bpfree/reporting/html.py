@@ -7,14 +7,25 @@ import html
 from typing import Any
 
 from bpfree.reporting.collect import Group
-from bpfree.reporting.tables import HEADERS, Row, cells
+from bpfree.reporting.tables import (
+    ACCURACY_HEADERS,
+    COST_HEADERS,
+    Row,
+    accuracy_cells,
+    cost_cells,
+    statistics_note,
+)
 
 CAPTIONS = {
     "accuracy_vs_time": "Test accuracy against training wall time, with the Pareto front.",
     "accuracy_vs_energy": "Test accuracy against measured energy (hardware counters only).",
     "accuracy_vs_flops": "Test accuracy against counted training FLOPs.",
-    "learning_curves": "Validation accuracy per epoch and against cumulative training time.",
-    "peak_memory": "Peak bytes of live tensors during training.",
+    "learning_curves": "Validation accuracy per epoch, and against cumulative training + "
+    "selection time and FLOPs (comparisons at equal compute).",
+    "peak_memory": "Tensor memory of the probe steps: the rule's persistent state (parameters, "
+    "gradients, optimizer state, buffers) and the activations on top of it.",
+    "lr_sensitivity": "Validation accuracy against the learning rate (one seed; the test set "
+    "is not used).",
 }
 
 STYLE = """
@@ -35,7 +46,7 @@ def tuning_note(manifest: dict[str, Any]) -> str:
     b = t["budget"]
     pruner = "no pruner" if b["pruner"] == "none" else f"{b['pruner']} pruner"
     return (
-        f"tuned: {t['trials']} trials each, same budget ({t['epochs']} epochs per trial, "
+        f"tuned: {t['trials']} trials each, same budget ({t['epochs']} data passes per trial, "
         f"train_samples={t['train_samples']}, TPE seed {b['sampler_seed']}, {pruner}); "
         f"studies in {t['storage']}: "
         + "; ".join(
@@ -50,17 +61,41 @@ def tuning_note(manifest: dict[str, Any]) -> str:
     )
 
 
+def twin_note(manifest: dict[str, Any]) -> str:
+    """How the backprop twins were set up (``compare.json``'s ``twin_mode``)."""
+    mode = manifest.get("twin_mode", "own")
+    if manifest.get("tuning"):
+        return f"{mode}, then tuned: each twin tuned by its own study under the same budget"
+    if mode == "matched":
+        return (
+            "matched: each twin takes its rule's optimizer, lr, weight decay, momentum, batch "
+            "size and lr schedule, so the two differ only in the gradient they follow"
+        )
+    return "own: each twin with backprop's own defaults (not matched to its rule)"
+
+
+def _commits(shas: dict[str, int]) -> str:
+    if not shas:
+        return "unknown"
+    text = ", ".join(f"{sha} ({n} runs)" for sha, n in sorted(shas.items()))
+    dirty = sum(n for sha, n in shas.items() if sha.endswith("-dirty") or sha == "unknown")
+    return text + (f"; WARNING: {dirty} runs not from a clean commit" if dirty else "")
+
+
 def _provenance(
     manifest: dict[str, Any],
     env: dict[str, Any],
     groups: dict[str, Group],
     sources: dict[str, set[str]],
+    shas: dict[str, int],
 ) -> str:
     cfg = manifest["runs"][0]["config"] if manifest["runs"] else {}
     budget = {
         k: cfg.get(k)
         for k in (
             "epochs",
+            "budget_flops",
+            "budget_seconds",
             "patience",
             "min_delta",
             "monitor",
@@ -72,14 +107,17 @@ def _provenance(
     items = {
         "dataset": manifest.get("dataset"),
         "seeds": ", ".join(map(str, manifest.get("seeds", []))),
-        "budget (same for every run)": ", ".join(f"{k}={v}" for k, v in budget.items()),
+        "budget (same for every run; epochs = data passes in total)": ", ".join(
+            f"{k}={v}" for k, v in budget.items()
+        ),
+        "backprop twins": twin_note(manifest),
         "tuning": tuning_note(manifest),
         "hardware": f"{env.get('cpu')} ({env.get('cpu_count')} cores)"
         + (f", GPU {env['gpu']}" if env.get("gpu") else ""),
         "device": env.get("device"),
         "versions": f"bpfree {env.get('bpfree')}, torch {env.get('torch')}, "
         f"Python {env.get('python')}, numpy {env.get('numpy')}",
-        "git SHA": env.get("git_sha") or "unknown",
+        "git SHA": _commits(shas),
         "runs": f"{sum(len(g.runs) for g in groups.values())} "
         f"({sum(len(g.completed()) for g in groups.values())} completed)",
     }
@@ -122,13 +160,14 @@ def render(
     rows: list[Row],
     figures: dict[str, bytes],
     sources: dict[str, set[str]],
+    shas: dict[str, int] | None = None,
 ) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
-    body = "".join(
-        f'<tr class="{"twin" if r.is_twin else "rule"}">'
-        + "".join(f"<td>{html.escape(c)}</td>" for c in cells(r))
-        + "</tr>"
-        for r in rows
+    tables = "".join(
+        _table(table_id, headers, [(r.is_twin, cells(r)) for r in rows])
+        for table_id, headers, cells in (
+            ("results", ACCURACY_HEADERS, accuracy_cells),
+            ("costs", COST_HEADERS, cost_cells),
+        )
     )
     figs = "".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
@@ -139,15 +178,26 @@ def render(
     title = f"bpfree comparison — {manifest.get('dataset')}"
     note = (
         "Each rule is trained on its native network; backprop (<code>bp@model</code>) "
-        "trains the same network with the same split, seeds, epoch cap and stopping rule. "
-        "Δ is the paired difference in test accuracy to that backprop twin (same seeds), "
-        "with a 95% t-interval. <code>n/a</code> means not measured, never zero."
+        "trains the same network with the same split, seeds, budget in data passes and "
+        f"stopping rule. Twins: {html.escape(twin_note(manifest))}. "
+        f"{html.escape(statistics_note(rows))} <code>n/a</code> means not measured, never zero."
     )
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p>{note}</p>"
-        f'<table id="results"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        f"{tables}"
         f"<h2>Figures</h2>{figs}"
-        f"{_provenance(manifest, env, groups, sources)}</body></html>\n"
+        f"{_provenance(manifest, env, groups, sources, shas or {})}</body></html>\n"
     )
+
+
+def _table(table_id: str, headers: list[str], rows: list[tuple[bool, list[str]]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        f'<tr class="{"twin" if twin else "rule"}">'
+        + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+        + "</tr>"
+        for twin, cells in rows
+    )
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'

@@ -6,6 +6,7 @@ import io
 from typing import Any
 
 from bpfree.reporting.collect import Group
+from bpfree.reporting.compute import trajectory
 from bpfree.reporting.tables import Row
 from bpfree.rules import baseline_rule
 
@@ -78,52 +79,90 @@ def accuracy_vs_cost(rows: list[Row], attr: str, xlabel: str, scale: float = 1.0
 
 
 def learning_curves(groups: dict[str, Group]) -> bytes | None:
+    """Validation accuracy per epoch, and against cumulative training + selection seconds and
+    FLOPs (the compute-budget view)."""
     if not any(g.history for g in groups.values()):
         return None
     plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, g in enumerate(groups.values()):
         color = colors[i % len(colors)]
-        for j, (_, hist) in enumerate(sorted(g.history.items())):
+        for j, (seed, hist) in enumerate(sorted(g.history.items())):
             if not hist:
                 continue
-            acc = [100 * h["val_accuracy"] for h in hist]
-            t, total = [], 0.0
-            for h in hist:
-                total += h.get("train_wall_time_s") or 0.0
-                t.append(total)
+            n_train = g.runs.get(seed, {}).get("data", {}).get("n_train")
+            pts = trajectory(hist, n_train)
+            acc = [100 * p.val_accuracy for p in pts]
             kw = {"color": color, "alpha": 0.8, "label": g.label if j == 0 else None}
-            a1.plot([h["epoch"] for h in hist], acc, **kw)
-            a2.plot(t, acc, **kw)
-    a1.set_xlabel("epoch")
-    a2.set_xlabel("cumulative training time (s)")
-    a1.set_ylabel("validation accuracy %")
-    for ax in (a1, a2):
+            axes[0].plot([p.epoch for p in pts], acc, **kw)
+            if all(p.seconds is not None for p in pts):
+                axes[1].plot([p.seconds for p in pts], acc, **kw)
+            if all(p.flops is not None for p in pts):
+                axes[2].plot([p.flops / 1e12 for p in pts], acc, **kw)  # type: ignore[operator]
+    axes[0].set_xlabel("epoch")
+    axes[1].set_xlabel("cumulative training + selection time (s)")
+    axes[2].set_xlabel("cumulative training + selection FLOPs (x1e12)")
+    axes[0].set_ylabel("validation accuracy %")
+    for ax in axes:
         ax.grid(alpha=0.3)
-    a1.legend(fontsize=8)
+    axes[0].legend(fontsize=8)
     return _png(fig)
 
 
-def peak_memory(rows: list[Row]) -> bytes | None:
-    pts = [(r.label, r.peak_tensor_bytes / 2**20) for r in rows if r.peak_tensor_bytes]
+def memory(rows: list[Row]) -> bytes | None:
+    """State and activation memory of the probe steps, stacked, per row."""
+    pts = [
+        (r.label, r.state_bytes / 2**20, r.activation_bytes / 2**20)
+        for r in rows
+        if r.state_bytes is not None and r.activation_bytes is not None
+    ]
     if not pts:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(pts)))
-    ax.barh([p[0] for p in pts], [p[1] for p in pts], color="#4c72b0")
-    ax.set_xlabel("peak live tensor memory during training (MiB)")
+    labels = [p[0] for p in pts]
+    ax.barh(labels, [p[1] for p in pts], color="#4c72b0", label="state")
+    ax.barh(labels, [p[2] for p in pts], left=[p[1] for p in pts], color="#dd8452",
+            label="activations")  # fmt: skip
+    ax.set_xlabel("tensor memory of the probe steps (MiB)")
     ax.invert_yaxis()
     ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8)
     return _png(fig)
 
 
-def all_figures(rows: list[Row], groups: dict[str, Group]) -> dict[str, bytes]:
+def lr_sensitivity(grid: list[dict[str, Any]]) -> bytes | None:
+    """Validation accuracy against the learning rate, per rule and twin (diverged: marked)."""
+    if not grid:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for base in dict.fromkeys(g["base"] for g in grid):
+        pts = sorted((g["lr"], g["val"], g["status"]) for g in grid if g["base"] == base)
+        ok = [(lr, 100 * v) for lr, v, status in pts if status == "completed" and v is not None]
+        (line,) = ax.plot([p[0] for p in ok], [p[1] for p in ok], "o-", label=base)
+        bad = [lr for lr, _, status in pts if status != "completed"]
+        if bad:
+            ax.plot(bad, [0.0] * len(bad), "x", color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale; x: diverged)")
+    ax.set_ylabel("best validation accuracy %")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def all_figures(
+    rows: list[Row], groups: dict[str, Group], grid: list[dict[str, Any]] | None = None
+) -> dict[str, bytes]:
+    grid = grid or []
     figs = {
         "accuracy_vs_time": accuracy_vs_cost(rows, "train_time_s", "training time (s)"),
         "accuracy_vs_energy": accuracy_vs_cost(rows, "energy_j", "measured energy (J)"),
         "accuracy_vs_flops": accuracy_vs_cost(rows, "train_flops", "training FLOPs (x1e12)", 1e12),
         "learning_curves": learning_curves(groups),
-        "peak_memory": peak_memory(rows),
+        "peak_memory": memory(rows),
+        "lr_sensitivity": lr_sensitivity(grid),
     }
     return {k: v for k, v in figs.items() if v is not None}

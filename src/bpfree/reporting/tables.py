@@ -1,4 +1,13 @@
-"""The comparison table: accuracy, the paired difference to backprop, costs and properties.
+"""The comparison tables: accuracy with its statistics, and what each row cost.
+
+Two tables share one row per label (a rule variant or a backprop twin):
+
+* accuracy: runs (completed / diverged / not finished), test accuracy, the paired difference to
+  the twin with its 95% t-interval and the n, df and t quantile it rests on, the TOST
+  equivalence verdict within ±0.5 pp, parameters and the rule's properties;
+* cost: data passes and optimizer steps consumed, training and selection (validation) time and
+  FLOPs, measured energy with its source, the probe's state and activation memory, and the data
+  passes, seconds and FLOPs to reach 99% of the twin's best validation accuracy.
 
 Unmeasured values print as ``n/a``, never 0. Energy shows measured counters only (GPU NVML,
 else CPU RAPL), with its source; estimates are never mixed into this column.
@@ -7,13 +16,15 @@ else CPU RAPL), with its source; estimates are never mixed into this column.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import statistics
 from dataclasses import dataclass
 from typing import Any
 
 from bpfree.reporting.collect import Group
-from bpfree.reporting.stats import mean_std, paired_ci
+from bpfree.reporting.compute import TARGET_FRACTION, ToTarget, to_target
+from bpfree.reporting.stats import TOST_MARGIN_PP, mean_std, paired_ci, tost
 
 NA = "n/a"
 
@@ -23,21 +34,37 @@ class Row:
     label: str
     model: str
     is_twin: bool
-    n: int
+    completed: int
+    diverged: int
+    unfinished: int
     acc_mean: float | None
     acc_std: float | None
     diff: float | None
     diff_low: float | None
     diff_high: float | None
+    pairs: int  # seeds where the rule and its twin both completed
+    df: int | None
+    t: float | None
+    tost: str  # equivalent / not equivalent / inconclusive ("" for a twin)
+    data_passes: float | None
+    steps: float | None
     train_time_s: float | None
+    selection_time_s: float | None
+    train_flops: float | None
+    selection_flops: float | None
     energy_j: float | None
     energy_source: str
-    peak_tensor_bytes: float | None
-    train_flops: float | None
+    state_bytes: float | None
+    activation_bytes: float | None
+    target: ToTarget
     params: int | None
     reverse_ad: str
     backward_locking: str
     weight_transport: str
+
+    @property
+    def n(self) -> int:
+        return self.completed
 
 
 def _mean_measured(readings: dict[int, dict[str, Any]]) -> tuple[float | None, str]:
@@ -63,52 +90,66 @@ def _energy(group: Group) -> tuple[float | None, str]:
     return None, ", ".join(reasons) or "unavailable"
 
 
+def _metric_mean(group: Group, name: str) -> float | None:
+    values = list(group.values(name).values())
+    return statistics.fmean(values) if values else None
+
+
 def build_rows(groups: dict[str, Group]) -> list[Row]:
-    rows = []
-    for g in groups.values():
-        acc = g.values("test_accuracy")
-        mean, std = mean_std([100 * v for v in acc.values()])
-        diff = low = high = None
-        if g.twin is not None:
-            twin = groups[g.twin].values("test_accuracy")
-            seeds = sorted(set(acc) & set(twin))
-            if seeds:
-                ci = paired_ci([100 * acc[s] for s in seeds], [100 * twin[s] for s in seeds])
-                diff, low, high = ci.mean, ci.low, ci.high
-        info = next(iter(g.completed().values()), {}).get("rule_info", {})
-        energy, source = _energy(g)
-        params = [r["metrics"].get("num_parameters") for r in g.completed().values()]
-
-        def yn(key: str, info: dict[str, Any] = info) -> str:
-            return NA if key not in info else ("yes" if info[key] else "no")
-
-        rows.append(
-            Row(
-                label=g.label,
-                model=g.model,
-                is_twin=g.twin is None,
-                n=len(acc),
-                acc_mean=mean,
-                acc_std=std,
-                diff=diff,
-                diff_low=low,
-                diff_high=high,
-                train_time_s=_mean_measured(g.cost("train_wall_time"))[0],
-                energy_j=energy,
-                energy_source=source,
-                peak_tensor_bytes=_mean_measured(g.cost("peak_tensor_memory"))[0],
-                train_flops=_mean_measured(g.cost("train_flops"))[0],
-                params=params[0] if params else None,
-                reverse_ad=info.get("reverse_ad", NA),
-                backward_locking=yn("backward_locking"),
-                weight_transport=yn("weight_transport"),
-            )
-        )
-    return rows
+    return [_row(g, groups) for g in groups.values()]
 
 
-def _f(v: float | None, fmt: str) -> str:
-    return NA if v is None else format(v, fmt)
+def _row(g: Group, groups: dict[str, Group]) -> Row:
+    acc = g.values("test_accuracy")
+    mean, std = mean_std([100 * v for v in acc.values()])
+    ci, verdict, pairs = None, "", 0
+    if g.twin is not None:
+        twin = groups[g.twin].values("test_accuracy")
+        seeds = sorted(set(acc) & set(twin))
+        pairs = len(seeds)
+        if seeds:
+            a, b = [100 * acc[s] for s in seeds], [100 * twin[s] for s in seeds]
+            ci, verdict = paired_ci(a, b), tost(a, b)
+    info = next(iter(g.completed().values()), {}).get("rule_info", {})
+    energy, source = _energy(g)
+    params = [r["metrics"].get("num_parameters") for r in g.completed().values()]
+    done, diverged, unfinished = g.counts()
+
+    def yn(key: str) -> str:
+        return NA if key not in info else ("yes" if info[key] else "no")
+
+    return Row(
+        label=g.label,
+        model=g.model,
+        is_twin=g.twin is None,
+        completed=done,
+        diverged=diverged,
+        unfinished=unfinished,
+        acc_mean=mean,
+        acc_std=std,
+        diff=ci.mean if ci else None,
+        diff_low=ci.low if ci else None,
+        diff_high=ci.high if ci else None,
+        pairs=pairs,
+        df=ci.df if ci else None,
+        t=ci.t if ci else None,
+        tost=verdict,
+        data_passes=_metric_mean(g, "data_passes"),
+        steps=_metric_mean(g, "optimizer_steps"),
+        train_time_s=_mean_measured(g.cost("train_wall_time"))[0],
+        selection_time_s=_mean_measured(g.cost("selection_wall_time"))[0],
+        train_flops=_mean_measured(g.cost("train_flops"))[0],
+        selection_flops=_mean_measured(g.cost("selection_flops"))[0],
+        energy_j=energy,
+        energy_source=source,
+        state_bytes=_mean_measured(g.cost("state_memory"))[0],
+        activation_bytes=_mean_measured(g.cost("activation_memory"))[0],
+        target=to_target(g, groups),
+        params=params[0] if params else None,
+        reverse_ad=info.get("reverse_ad", NA),
+        backward_locking=yn("backward_locking"),
+        weight_transport=yn("weight_transport"),
+    )
 
 
 def _si(v: float | None, unit: str) -> str:
@@ -120,49 +161,66 @@ def _si(v: float | None, unit: str) -> str:
     return f"{v:.3g} {unit}"
 
 
-HEADERS = [
+def _mib(v: float | None) -> str:
+    return NA if v is None else f"{v / 2**20:.1f} MiB"
+
+
+def _f(v: float | None, fmt: str, suffix: str = "") -> str:
+    return NA if v is None else format(v, fmt) + suffix
+
+
+ACCURACY_HEADERS = [
     "rule",
     "model",
-    "seeds",
+    "runs (ok / diverged / unfinished)",
     "test acc % (mean ± std)",
-    "Δ vs BP (pp) [95% CI]",
-    "train time",
-    "energy (source)",
-    "peak tensor mem",
-    "train FLOPs",
+    "Δ vs twin (pp) [95% CI]",
+    "n, df, t",
+    f"TOST ±{TOST_MARGIN_PP:g} pp",
     "params",
     "reverse AD",
     "backward locking",
     "weight transport",
 ]
+COST_HEADERS = [
+    "rule",
+    "data passes",
+    "optimizer steps",
+    "train time",
+    "selection time",
+    "train FLOPs",
+    "selection FLOPs",
+    "energy (source)",
+    "state mem (probe)",
+    "activation mem (probe)",
+    f"to {100 * TARGET_FRACTION:g}% of twin's best val: passes / time / FLOPs (reached)",
+]
+HEADERS = ACCURACY_HEADERS  # the first table, for readers of one header list
 
 
-def cells(row: Row) -> list[str]:
-    acc = (
-        NA
-        if row.acc_mean is None
-        else (f"{row.acc_mean:.2f}" + (f" ± {row.acc_std:.2f}" if row.acc_std is not None else ""))
-    )
+def accuracy_cells(row: Row) -> list[str]:
+    acc = NA
+    if row.acc_mean is not None:
+        acc = f"{row.acc_mean:.2f}" + (f" ± {row.acc_std:.2f}" if row.acc_std is not None else "")
+    stats = NA
     if row.is_twin:
-        diff = "(baseline)"
+        diff, stats, verdict = "(baseline)", "", ""
     elif row.diff is None:
-        diff = NA
+        diff, verdict = NA, NA
     elif row.diff_low is None:
-        diff = f"{row.diff:+.2f} [n/a: 1 seed]"
+        diff, verdict = f"{row.diff:+.2f} [n/a: 1 pair]", row.tost
+        stats = "n=1"
     else:
         diff = f"{row.diff:+.2f} [{row.diff_low:+.2f}, {row.diff_high:+.2f}]"
-    energy = NA if row.energy_j is None else f"{_si(row.energy_j, 'J')} ({row.energy_source})"
-    mem = NA if row.peak_tensor_bytes is None else f"{row.peak_tensor_bytes / 2**20:.1f} MiB"
+        stats, verdict = f"n={row.pairs}, df={row.df}, t={row.t:.2f}", row.tost
     return [
         row.label,
         row.model,
-        str(row.n),
+        f"{row.completed} / {row.diverged} / {row.unfinished}",
         acc,
         diff,
-        NA if row.train_time_s is None else f"{row.train_time_s:.1f} s",
-        energy,
-        mem,
-        _si(row.train_flops, "FLOP"),
+        stats,
+        verdict,
         NA if row.params is None else f"{row.params:,}",
         row.reverse_ad,
         row.backward_locking,
@@ -170,57 +228,63 @@ def cells(row: Row) -> list[str]:
     ]
 
 
-def markdown(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
+def cost_cells(row: Row) -> list[str]:
+    energy = NA if row.energy_j is None else f"{_si(row.energy_j, 'J')} ({row.energy_source})"
+    t = row.target
+    reach = f"({t.reached}/{t.runs})"
+    if t.reached:
+        secs = _f(t.seconds, ".3g", " s")
+        reach = f"{t.passes:.1f} / {secs} / {_si(t.flops, 'FLOP')} {reach}"
+    return [
+        row.label,
+        _f(row.data_passes, ".2f"),
+        _f(row.steps, ",.0f"),
+        _f(row.train_time_s, ".3g", " s"),
+        _f(row.selection_time_s, ".3g", " s"),
+        _si(row.train_flops, "FLOP"),
+        _si(row.selection_flops, "FLOP"),
+        energy,
+        _mib(row.state_bytes),
+        _mib(row.activation_bytes),
+        reach,
+    ]
+
+
+def _md(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def statistics_note(rows: list[Row]) -> str:
+    """How to read the Δ and TOST columns."""
+    return (
+        "Δ: mean paired difference in test accuracy to the backprop twin over the seeds where "
+        "both completed (n pairs, df = n - 1, t = the 0.975 quantile of Student's t with df "
+        f"degrees of freedom). TOST: two one-sided tests at α = 0.05 with a ±{TOST_MARGIN_PP:g} "
+        "pp margin (equivalent: the 90% interval lies inside the margin; not equivalent: wholly "
+        "outside it; else inconclusive). A 95% interval containing 0 is not evidence of a "
+        "match. Diverged and unfinished runs are counted in the runs column and left out of "
+        "means and pairs."
+    )
+
+
+def markdown(rows: list[Row]) -> str:
+    acc = _md(ACCURACY_HEADERS, [accuracy_cells(r) for r in rows])
+    cost = _md(COST_HEADERS, [cost_cells(r) for r in rows])
+    return f"{acc}\n{statistics_note(rows)}\n\n{cost}"
 
 
 def csv_text(rows: list[Row]) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(
-        [
-            "rule",
-            "model",
-            "seeds",
-            "test_acc_mean_pct",
-            "test_acc_std_pct",
-            "diff_vs_bp_pp",
-            "diff_ci_low",
-            "diff_ci_high",
-            "train_time_s",
-            "energy_j",
-            "energy_source",
-            "peak_tensor_bytes",
-            "train_flops",
-            "params",
-            "reverse_ad",
-            "backward_locking",
-            "weight_transport",
-        ]
-    )
+    w = csv.writer(buf, lineterminator="\n")
+    fields = [f.name for f in dataclasses.fields(Row) if f.name != "target"]
+    target = ["target_reached", "target_runs", "target_passes", "target_seconds", "target_flops"]
+    w.writerow(fields + target)
     for r in rows:
+        t = r.target
         w.writerow(
-            [
-                r.label,
-                r.model,
-                r.n,
-                r.acc_mean,
-                r.acc_std,
-                r.diff,
-                r.diff_low,
-                r.diff_high,
-                r.train_time_s,
-                r.energy_j,
-                r.energy_source,
-                r.peak_tensor_bytes,
-                r.train_flops,
-                r.params,
-                r.reverse_ad,
-                r.backward_locking,
-                r.weight_transport,
-            ]
+            [getattr(r, f) for f in fields] + [t.reached, t.runs, t.passes, t.seconds, t.flops]
         )
     return buf.getvalue().replace(",None", ",")  # empty cells for unmeasured values
 
@@ -235,17 +299,15 @@ def latex(rows: list[Row]) -> str:
             ("#", r"\#"),
             ("±", r"$\pm$"),
             ("Δ", r"$\Delta$"),
+            ("α", r"$\alpha$"),
         ):
             s = s.replace(a, b)
         return s
 
-    cols = "l" * len(HEADERS)
-    out = [
-        r"\begin{tabular}{" + cols + "}",
-        r"\hline",
-        " & ".join(esc(h) for h in HEADERS) + r" \\",
-        r"\hline",
-    ]
-    out += [" & ".join(esc(c) for c in cells(r)) + r" \\" for r in rows]
-    out += [r"\hline", r"\end{tabular}"]
-    return "\n".join(out) + "\n"
+    out = []
+    for headers, cells in ((ACCURACY_HEADERS, accuracy_cells), (COST_HEADERS, cost_cells)):
+        out += [r"\begin{tabular}{" + "l" * len(headers) + "}", r"\hline"]
+        out += [" & ".join(esc(h) for h in headers) + r" \\", r"\hline"]
+        out += [" & ".join(esc(c) for c in cells(r)) + r" \\" for r in rows]
+        out += [r"\hline", r"\end{tabular}", ""]
+    return "\n".join(out)

@@ -1,0 +1,158 @@
+"""The ``bpfree compare`` and ``bpfree report`` commands (thin: the logic is in this package).
+
+Imports are deferred to the commands, so ``bpfree --help`` answers without loading torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bpfree.cli_sweep import quiet_optuna_logs
+from bpfree.errors import BpfreeError
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "compare", help="each rule on its native network beside backprop on the same network"
+    )
+    p.add_argument(
+        "--rules",
+        required=True,
+        help="comma-separated rules; a variant as rule:key=value (e.g. cafo:blocks=dfa)",
+    )
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--seeds", default="3", help="how many seeds (0..N-1), or a list like 0,5,9")
+    p.add_argument("--out", required=True, help="comparison directory (rerun to continue it)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="budget of every run: data passes in total, summed over a rule's phases (30)",
+    )
+    p.add_argument("--train-samples", type=int, metavar="N")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="trainer setting (patience=3) or a rule's hyperparameter (mf.lr=1e-3)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="RULE=MODEL",
+        help="override a rule's native network (repeatable)",
+    )
+    p.add_argument(
+        "--budget-flops", type=float, metavar="F", help="also stop every run at F training FLOPs"
+    )
+    p.add_argument(
+        "--budget-seconds",
+        type=float,
+        metavar="S",
+        help="also stop every run at S s of training time",
+    )
+    p.add_argument(
+        "--twin",
+        choices=["matched", "own"],
+        default="matched",
+        help="backprop twins take each rule's optimizer settings (matched, default) or "
+        "backprop's own defaults (own)",
+    )
+    p.add_argument(
+        "--lr-grid",
+        metavar="LR,LR,...",
+        help="also train every rule and twin at each step size (first seed, validation only) "
+        "for a learning-rate sensitivity plot",
+    )
+    p.add_argument("--data-dir")
+    p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument("--no-report", action="store_true", help="train only; no report at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--tune",
+        type=int,
+        metavar="N",
+        help="first tune every rule and every backprop twin with N Optuna trials each, under "
+        "the same budget, and train the seeded runs with the best settings",
+    )
+    p.add_argument(
+        "--tune-epochs", type=int, metavar="E", help="epoch cap per tuning trial (default --epochs)"
+    )
+    p.add_argument(
+        "--tune-train-samples",
+        type=int,
+        metavar="N",
+        help="training subset of the tuning trials (default --train-samples)",
+    )
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="share the tuning trials and seeded runs with every process running this same "
+        "comparison through this storage (sqlite:///FILE or postgresql://...); without it "
+        "the runs are local and tuning uses <out>/tuning.db",
+    )
+    r = sub.add_parser("report", help="tables, plots and report.html for a comparison directory")
+    r.add_argument("dir")
+    r.add_argument("--no-plots", action="store_true", help="tables only")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bpfree.comparison import compare
+
+    models = {}
+    for item in args.model:
+        if "=" not in item:
+            raise BpfreeError(f"--model expects RULE=MODEL, got {item!r}")
+        rule, model = item.split("=", 1)
+        models[rule.strip()] = model.strip()
+    lr_grid = None
+    if args.lr_grid:
+        try:
+            lr_grid = [float(v) for v in args.lr_grid.split(",") if v.strip()]
+        except ValueError:
+            raise BpfreeError(
+                f"--lr-grid expects numbers like 1e-4,1e-3,1e-2, got {args.lr_grid[:60]!r}"
+            ) from None
+    if args.tune is not None or args.storage:
+        quiet_optuna_logs()
+    result = compare(
+        rules=args.rules,
+        dataset=args.dataset,
+        out=args.out,
+        seeds=args.seeds,
+        epochs=args.epochs,
+        train_samples=args.train_samples,
+        sets=[*args.set, *_ceiling_sets(args)],
+        models=models,
+        data_dir=args.data_dir,
+        device=args.device,
+        report=not args.no_report,
+        progress=False if args.quiet else None,
+        tune=args.tune,
+        tune_epochs=args.tune_epochs,
+        tune_train_samples=args.tune_train_samples,
+        storage=args.storage,
+        twin=args.twin,
+        lr_grid=lr_grid,
+    )
+    if not args.no_report:
+        print((result.out / "report" / "table.md").read_text(), end="")
+        print(f"report: {result.out / 'report' / 'report.html'}")
+    return 0
+
+
+def _ceiling_sets(args: argparse.Namespace) -> list[str]:
+    """--budget-flops / --budget-seconds as --set items (trainer settings of every run)."""
+    pairs = (("budget_flops", args.budget_flops), ("budget_seconds", args.budget_seconds))
+    return [f"{key}={value!r}" for key, value in pairs if value is not None]
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bpfree.reporting import write_report
+
+    print(write_report(args.dir, plots=not args.no_plots), end="")
+    print(f"report: {Path(args.dir) / 'report' / 'report.html'}")
+    return 0
