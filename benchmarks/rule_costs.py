@@ -50,7 +50,7 @@ def flops_per_phase(
     for phase in rule.phases():
         rule.train()
         with count_flops() as setup:
-            rule.begin_phase(phase, data.train_x, data.train_y)
+            rule.start_phase(phase, data.train_x, data.train_y)
         steady = None
         for step in range(2):  # the second step is steady (a first step may do one-off work)
             idx = torch.arange(step * b, (step + 1) * b) % n

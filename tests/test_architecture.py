@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,8 @@ MAX_FUNCTION_LINES = 60  # in engine/ and meters/
 # The command layer defers its imports so `bpfree --help` answers without loading torch;
 # nowhere else is a bpfree import inside a function (it would be hiding a cycle). Third-party
 # imports may be deferred: optional extras (optuna, matplotlib) are imported where used.
-LAZY_IMPORTS_ALLOWED = {SRC / "cli.py", SRC / "sweeps" / "cli.py"}
+COMMANDS = {SRC / "cli.py", SRC / "cli_compare.py", SRC / "cli_sweep.py"}
+LAZY_IMPORTS_ALLOWED = COMMANDS
 
 
 def _rel(path: Path) -> str:
@@ -121,7 +124,7 @@ def test_the_command_line_and_comparisons_hard_code_no_registered_name() -> None
 
     names = set(RULES.names()) | set(MODELS.names()) | set(DATASETS.names())
     names |= {f for _, cls in RULES.items() for f in cls.info.families}
-    files = [SRC / "cli.py", *(SRC / "comparison").glob("*.py"), *(SRC / "sweeps").glob("*.py")]
+    files = [*COMMANDS, *(SRC / "comparison").glob("*.py"), *(SRC / "sweeps").glob("*.py")]
     files += [*(SRC / "reporting").glob("*.py"), *(SRC / "engine").glob("*.py")]
     patterns = [p.regex for p in MODELS.patterns()]
 
@@ -130,3 +133,8 @@ def test_the_command_line_and_comparisons_hard_code_no_registered_name() -> None
 
     bad = [f"{_rel(p)}: {s!r}" for p in files for s in _string_constants(p) if registered(s)]
     assert not bad, bad
+
+
+def test_the_command_line_answers_without_loading_torch() -> None:
+    code = "import sys, bpfree.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -84,7 +84,10 @@ def test_compare_runs_protocol_and_report(tmp_path: Path) -> None:
     for seed, pair in by_seed.items():
         rule = next(c for c in pair if c["rule"] == "mf")
         twin = next(c for c in pair if c["rule"] == "bp")
-        assert rule["hparams"]["lr"] == 0.002 and twin["hparams"]["lr"] == 0.001
+        # matched twin (the default): the rule's optimizer settings, its lr override included
+        for key in ("lr", "optimizer", "weight_decay", "batch_size", "lr_cooldown"):
+            assert rule["hparams"][key] == twin["hparams"][key], key
+        assert rule["hparams"]["lr"] == 0.002 and twin["hparams"]["optimizer"] == "adam"
         for key in (
             "dataset",
             "model",
@@ -101,8 +104,10 @@ def test_compare_runs_protocol_and_report(tmp_path: Path) -> None:
         assert rule["seed"] == seed
     report = out / "report"
     rows = list(csv.DictReader((report / "table.csv").open()))
-    assert [r["rule"] for r in rows] == ["mf", "bp@mlp_2x32"]
-    assert rows[0]["diff_vs_bp_pp"] and rows[0]["diff_ci_low"]
+    assert [r["label"] for r in rows] == ["mf", "bp@mlp_2x32"]
+    assert rows[0]["diff"] and rows[0]["diff_low"] and rows[0]["df"] == "1"
+    assert rows[0]["tost"] in ("equivalent", "not equivalent", "inconclusive")
+    assert rows[0]["data_passes"] == rows[1]["data_passes"] == "2.0"
     assert rows[0]["reverse_ad"] == "within_block" and rows[1]["weight_transport"] == "yes"
     md = (report / "table.md").read_text()
     assert "n/a" in md  # no energy counter on a CPU machine without RAPL: n/a, never 0
@@ -140,7 +145,7 @@ def test_cli_compare_and_report(tmp_path: Path, capsys) -> None:
     )
     assert code == 0
     out = capsys.readouterr().out
-    assert "| mf | mlp_2x16 | 1 |" in out and "report.html" in out
+    assert "| mf | mlp_2x16 | 1 / 0 / 0 |" in out and "report.html" in out
     assert main(["report", str(tmp_path / "c"), "--no-plots"]) == 0
     assert main(["report", str(tmp_path)]) == 2
     assert "not a comparison directory" in capsys.readouterr().err

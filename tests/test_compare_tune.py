@@ -61,22 +61,30 @@ def test_rule_and_twin_get_one_budget_and_the_runs_use_the_best_settings(tmp_pat
     manifest = json.loads((out / "compare.json").read_text())
     tuning = manifest["tuning"]
     storage = f"sqlite:///{out / 'tuning.db'}"  # --tune without --storage: inside <out>
-    assert tuning["storage"] == storage and tuning["trials"] == 2
-    # One study per variant and one for their shared twin, all under one budget.
-    assert list(tuning["studies"]) == ["mf", "dfa:optimizer=adamw", "bp@mlp_2x16"]
+    # stored without the machine's absolute path
+    assert tuning["storage"] == "tuning.db in the comparison directory"
+    assert (out / "tuning.db").exists() and tuning["trials"] == 2
+    # One study per variant and one per twin (matched twins: mf's Adam and dfa's AdamW
+    # differ), all under one budget.
+    mf_twin, dfa_twin = "bp@mlp_2x16~mf", "bp@mlp_2x16~dfa:optimizer=adamw"
+    assert list(tuning["studies"]) == ["mf", "dfa:optimizer=adamw", mf_twin, dfa_twin]
     attrs = {label: _study_attrs(s["study"], storage) for label, s in tuning["studies"].items()}
     for label, a in attrs.items():
         assert_exactly_n(tuning["studies"][label]["study"], storage, 2)
-        assert a["budget"] == attrs["bp@mlp_2x16"]["budget"]
-        assert a["sampler_pruner"] == attrs["bp@mlp_2x16"]["sampler_pruner"]
+        assert a["budget"] == attrs[mf_twin]["budget"]
+        assert a["sampler_pruner"] == attrs[mf_twin]["sampler_pruner"]
         assert a["budget"]["n_trials"] == 2
         base = dict(a["base_config"])
         assert (base["epochs"], base["train_samples"], base["seed"]) == (2, None, 0)
-        twin = dict(attrs["bp@mlp_2x16"]["base_config"])
+        twin = dict(attrs[mf_twin]["base_config"])
         for cfg in (base, twin):
             del cfg["rule"], cfg["hparams"]
         assert base == twin  # every protocol setting of the tuning trials is the same
     assert attrs["dfa:optimizer=adamw"]["base_config"]["hparams"]["optimizer"] == "adamw"
+    # A tuned twin keeps its rule's untuned optimizer settings; what backprop's search tunes
+    # (lr, weight decay, batch size) starts from backprop's own defaults.
+    twin_base = attrs[dfa_twin]["base_config"]["hparams"]
+    assert twin_base["optimizer"] == "adamw" and twin_base["lr"] == 1e-3
     # The seeded runs train with each study's best settings (the fixed one kept).
     for run in result.plan:
         best = tuning["studies"][run.label]
@@ -84,7 +92,9 @@ def test_rule_and_twin_get_one_budget_and_the_runs_use_the_best_settings(tmp_pat
         assert run.config.hparams == study.best_trial.user_attrs["hparams"] == best["hparams"]
         stored = json.loads((out / "runs" / run.key / "config.json").read_text())
         assert stored["hparams"] == best["hparams"]
-    assert result.plan[1].config.hparams["optimizer"] == "adamw"
+    by_label = {r.label: r for r in result.plan}
+    assert by_label["dfa:optimizer=adamw"].config.hparams["optimizer"] == "adamw"
+    assert by_label[dfa_twin].config.hparams["optimizer"] == "adamw"
     assert "tuned: 2 trials each, same budget" in (out / "report" / "table.md").read_text()
     assert "tuned: 2 trials each, same budget" in (out / "report" / "report.html").read_text()
 

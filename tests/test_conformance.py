@@ -37,7 +37,7 @@ VARIANTS: dict[str, list[dict[str, object]]] = {
         {"predictor_loss": "mse"},
         {"predictor_loss": "sl"},
     ],
-    "bp": [{"__model__": "cnn_3block"}],
+    "bp": [{"__model__": "cnn_3block"}, {"lr_cooldown": True}],
 }
 
 

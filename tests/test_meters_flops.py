@@ -64,10 +64,11 @@ def test_backprop_epoch_flops_match_hand_count() -> None:
     assert cost["train_flops"]["value"] == pytest.approx(
         forward + weight_grads + input_grads, rel=0.01
     )
-    evals = N_VAL + N_TEST
-    assert cost["eval_flops"]["value"] == pytest.approx(
-        2 * evals * (D * H + H * H + H * C), rel=0.01
-    )
+    per_sample = 2 * (D * H + H * H + H * C)  # one predict: the forward pass
+    epochs = run("bp")["metrics"]["epochs_trained"]
+    selection = cost["selection_flops"]["value"]
+    assert selection == pytest.approx(epochs * N_VAL * per_sample, rel=0.01)
+    assert cost["test_flops"]["value"] == pytest.approx(N_TEST * per_sample, rel=0.01)
     rate = cost["train_flops_per_s"]
     assert rate["value"] == pytest.approx(
         cost["train_flops"]["value"] / cost["train_wall_time"]["value"]

@@ -64,9 +64,14 @@ def test_train_result_has_every_cost_name(tmp_path: Path) -> None:
     measured = (
         "train_wall_time",
         "train_cpu_time",
-        "eval_wall_time",
+        "selection_wall_time",
+        "test_wall_time",
+        "selection_flops",
+        "test_flops",
         "peak_rss_delta",
         "peak_tensor_memory",
+        "state_memory",
+        "activation_memory",
         "train_flops",
         "train_flops_per_s",
     )

@@ -22,8 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CHEAP = {
     "benchmarks/seeds.py": ["--seeds", "0", "--epochs", "1", "--train-samples", "600"],
     "benchmarks/throughput.py": ["--quick"],
-    # The full benchmark, cut down to a pipeline check on the bundled 8x8 digits.
-    "compare": ["--seeds", "1", "--epochs", "1", "--dataset", "digits"],
+    "benchmarks/memory_scaling.py": ["--quick"],
+    # The full benchmark, cut down to a pipeline check on the bundled 8x8 digits (CaFo-DFA's
+    # 15 pretraining passes cut to 1, so 2 passes in total cover both of its phases).
+    "compare": ["--seeds", "1", "--epochs", "2", "--dataset", "digits", "--train-samples", "300"],
+    "cafo": ["--set", "cafo.dfa_epochs=1"],
 }
 
 
@@ -64,6 +67,8 @@ def test_readme_command_runs(command: str, workdir: Path) -> None:
         argv = [sys.executable, "-m", "bpfree", *argv[1:]]
         if argv[3] == "compare" and "--train-samples" not in argv:
             argv += CHEAP["compare"]  # the full benchmark, cut down
+            if "cafo" in argv[argv.index("--rules") + 1]:
+                argv += CHEAP["cafo"]
     elif argv[0] == "python":
         script = argv[1]
         argv = [sys.executable, str(ROOT / script), *argv[2:], *CHEAP.get(script, [])]

@@ -159,20 +159,22 @@ def test_ff_prediction_accumulates_goodness_over_layers_two_to_l() -> None:
         torch.testing.assert_close(rule.predict(x), want.detach())
 
 
-def test_ff_lr_cooldown_is_linear_over_the_second_half_of_the_phase_cap() -> None:
-    case = RuleCase("ff", "mlp_2x16", {"lr": 0.01, "batch_size": 4, "lr_cooldown": True})
-    rule = case.make()
-    rule.train()
+@pytest.mark.parametrize("rule", ["ff", "bp", "fa"])
+def test_lr_cooldown_is_linear_over_the_second_half_of_the_phase(rule: str) -> None:
+    """A setting every rule shares, applied by the framework to the rule's optimizers."""
+    case = RuleCase(rule, "mlp_2x16", {"lr": 0.01, "batch_size": 4, "lr_cooldown": True})
+    r = case.make()
+    r.train()
     train_x = case.data.train_x[:16]  # 4 steps per epoch; a 2-epoch phase has T = 8 steps
-    rule.begin_phase(Phase("train", 0, 2), train_x, case.data.train_y[:16])
+    r.start_phase(Phase("train", 0, 2), train_x, case.data.train_y[:16])
     lrs = []
     for i in range(8):
-        rule.train_step(case.batch(i, size=4))
-        lrs.append(rule.opt.param_groups[0]["lr"])
-    want = [0.01] * 5 + [0.01 * 2 * r / 8 for r in (3, 2, 1)]
+        r.train_step(case.batch(i, size=4))
+        lrs.append(r.opt.param_groups[0]["lr"])
+    want = [0.01] * 5 + [0.01 * 2 * k / 8 for k in (3, 2, 1)]
     assert lrs == pytest.approx(want)
-    constant = RuleCase("ff", "mlp_2x16", {"lr": 0.01, "batch_size": 4}).make()
-    constant.begin_phase(Phase("train", 0, 2), train_x, case.data.train_y[:16])
+    constant = RuleCase(rule, "mlp_2x16", {"lr": 0.01, "batch_size": 4}).make()
+    constant.start_phase(Phase("train", 0, 2), train_x, case.data.train_y[:16])
     for i in range(8):
         constant.train_step(case.batch(i, size=4))
     assert constant.opt.param_groups[0]["lr"] == 0.01
@@ -183,7 +185,7 @@ def _cafo(loss: str = "ce") -> tuple[RuleCase, object]:
     case = RuleCase("cafo", "cnn_3block", {"predictor_loss": loss})
     rule = case.make()
     rule.train()
-    rule.begin_phase(rule.phases()[0], case.data.train_x, case.data.train_y)
+    rule.start_phase(rule.phases()[0], case.data.train_x, case.data.train_y)
     return case, rule
 
 
@@ -235,7 +237,7 @@ def test_cafo_dfa_pretraining_sends_each_block_its_projected_error() -> None:
     case = RuleCase("cafo", "cnn_3block", {"blocks": "dfa", "optimizer": "sgd"})
     rule = case.make()
     rule.train()
-    rule.begin_phase(Phase("dfa_pretrain"), case.data.train_x, case.data.train_y)
+    rule.start_phase(Phase("dfa_pretrain"), case.data.train_x, case.data.train_y)
     assert [p.name for p in rule.phases()] == ["dfa_pretrain", "predictors"]
     batch = _batch(case, 8)
     captured = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bpfree.comparison.runner import split_sets
+from bpfree.comparison.plan import split_sets
 from bpfree.config import TrainConfig, apply_sets, parse_sets
 from bpfree.errors import ConfigError
 

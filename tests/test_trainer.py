@@ -30,7 +30,7 @@ def test_result_json_has_required_fields(tmp_path: Path) -> None:
         assert data[key] == getattr(res, key)
     for key in ("test_accuracy", "val_accuracy", "best_epoch", "epochs_trained"):
         assert data["metrics"][key] is not None
-    for name in ("train_wall_time", "eval_wall_time"):
+    for name in ("train_wall_time", "selection_wall_time", "test_wall_time"):
         reading = data["cost"][name]
         assert set(reading) == {"value", "unit", "source", "note"}
         assert reading["value"] > 0 and reading["unit"] == "s"

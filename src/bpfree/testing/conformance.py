@@ -17,7 +17,7 @@ raises ``AssertionError`` with a message saying what was wrong:
 * ``check_reverse_ad_claim``: a rule declaring ``reverse_ad = "none"`` makes zero autograd
   backward calls (``torch.autograd.backward``/``grad``, ``Tensor.backward``).
 
-Steps are driven like the trainer does: ``rule.train()``, ``begin_phase`` at each phase start,
+Steps are driven like the trainer does: ``rule.train()``, ``start_phase`` at each phase start,
 then ``train_step`` on batches that carry their positions in the training set.
 """
 
@@ -95,7 +95,7 @@ def _phases(
     data, losses = case.data, []
     for phase in rule.phases():
         rule.train()
-        rule.begin_phase(phase, data.train_x, data.train_y)
+        rule.start_phase(phase, data.train_x, data.train_y)
         losses.append([rule.train_step(case.batch(step)) for step in range(steps)])
         if after_phase is not None:
             after_phase(phase)
@@ -119,7 +119,7 @@ def check_loss_falls(case: RuleCase, steps: int = 20) -> None:
     fixed = case.batch(0, size=64)
     for phase in rule.phases():
         rule.train()
-        rule.begin_phase(phase, data.train_x, data.train_y)
+        rule.start_phase(phase, data.train_x, data.train_y)
         losses = torch.stack([rule.train_step(fixed) for _ in range(steps)])
         assert torch.isfinite(losses).all(), f"{case}: non-finite loss in phase {phase.name}"
         first, last = losses[:3].mean().item(), losses[-3:].mean().item()
@@ -135,7 +135,7 @@ def check_own_parameters(case: RuleCase) -> None:
     data = case.data
     for phase in rule.phases():
         rule.train()
-        rule.begin_phase(phase, data.train_x, data.train_y)
+        rule.start_phase(phase, data.train_x, data.train_y)
         for step in range(2):
             batch = case.batch(step)
             x0, y0, i0 = batch.x.clone(), batch.y.clone(), batch.index.clone()
@@ -217,11 +217,11 @@ def check_state_roundtrip(case: RuleCase) -> None:
         phases = a.phases()
         for p in phases[:phase_i]:  # complete earlier phases
             a.train()
-            a.begin_phase(p, data.train_x, data.train_y)
+            a.start_phase(p, data.train_x, data.train_y)
             for step in range(case.steps):
                 a.train_step(case.batch(step))
         a.train()
-        a.begin_phase(phase, data.train_x, data.train_y)
+        a.start_phase(phase, data.train_x, data.train_y)
         for step in range(2):
             a.train_step(case.batch(step))
         state = copy.deepcopy(a.state_dict())
@@ -231,7 +231,7 @@ def check_state_roundtrip(case: RuleCase) -> None:
         b = case.make(seed=2)  # different init: everything must come from the state
         b.load_state_dict(copy.deepcopy(state))  # the trainer's resume order:
         b.train()
-        b.begin_phase(phase, data.train_x, data.train_y)  # rebuild the phase's parts,
+        b.start_phase(phase, data.train_x, data.train_y)  # rebuild the phase's parts,
         b.load_state_dict(copy.deepcopy(state))  # then load their state
         assert b.generator is not None
         b.generator.set_state(gen_state)
