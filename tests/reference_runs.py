@@ -52,6 +52,8 @@ CASES: list[tuple[str, str, str, dict[str, Any]]] = [
     ("cafo-mse", "cafo", "cnn_3block", {"predictor_loss": "mse"}),
     ("cafo-sl", "cafo", "cnn_3block", {"predictor_loss": "sl"}),
     ("dfa", "dfa", "mlp_2x64", {}),
+    ("fa", "fa", "mlp_2x64", {}),
+    ("bp-cooldown", "bp", "mlp_2x64", {"lr_cooldown": True}),
 ]
 SETTINGS = dict(dataset="digits", epochs=3, patience=2, seed=11, device="cpu")
 
