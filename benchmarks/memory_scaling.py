@@ -3,11 +3,12 @@
     python benchmarks/memory_scaling.py --write benchmarks/results/memory_scaling.md
 
 Activation memory is what a training step holds on top of the rule's persistent state: the peak
-bytes of live tensor storage while a copy of the rule runs ``begin_phase`` and two training
-steps (``bpfree.meters.probe``: TorchDispatchMode, the dataset excluded), minus the bytes of the
-rule's own tensors after them (parameters, gradients, optimizer state, buffers, caches). It is
-counted in bytes, not timed, so it does not depend on the machine's load. For a multi-phase rule
-the largest phase is reported.
+bytes of the tensor storage a steady training step of a copy of the rule creates and frees
+again (``bpfree.meters.probe``: TorchDispatchMode; activations and temporaries, not the
+step's input batch, which is data and the same for every rule, nor the gradients and optimizer
+state the step leaves behind). It is counted in bytes,
+not timed, so it does not depend on the machine's load. For a multi-phase rule the largest
+phase is reported.
 
 * depth: ``mlp_<D>x1000`` for D = 2, 4, 8, 16, batch 2048, every rule that trains MLPs;
 * batch: 256 .. 8192 on ``mlp_4x2000`` for the MLP rules, on ``cnn_3block`` for CNN-only rules
@@ -57,8 +58,7 @@ def activation_bytes(rule: str, model: str, batch: int, dataset: str) -> tuple[i
         probe = probe_phase(built, data, torch.device("cpu"), phase)
         if not isinstance(probe, PhaseProbe):
             raise RuntimeError(f"{rule} on {model}: {probe}")
-        act = probe.peak_bytes - probe.state_bytes
-        best = max(best, (act, probe.state_bytes))
+        best = max(best, (probe.activation_bytes, probe.state_bytes))
         built.start_phase(phase, data.train_x, data.train_y)  # the next phase starts from here
     return best
 
@@ -122,9 +122,9 @@ def report(
         "",
         f"`python benchmarks/memory_scaling.py --write ...` on {env['cpu']} "
         f"({env['cpu_count']} cores), torch {env['torch']}, bpfree {env['bpfree']} "
-        f"(git {env['git_sha']}); dataset {args.dataset}. Activation memory = peak live "
-        "tensor bytes of begin_phase and two training steps of a copy of the rule, minus the "
-        "rule's own tensors after them (a probe, counted in bytes, not timed).",
+        f"(git {env['git_sha']}); dataset {args.dataset}. Activation memory = the peak bytes of "
+        "the tensors one steady training step of a copy of the rule creates and frees again "
+        "(a probe, counted in bytes, not timed).",
         "",
         f"## Against depth (mlp_<D>x{args.width}, batch {args.depth_batch}), MiB",
         "",

@@ -70,7 +70,7 @@ def test_ff_layer_by_layer_equals_the_summed_loss_update() -> None:
 
 
 def _activations(rule: str, depth: int) -> int:
-    """Activation bytes of the probe steps (peak - state) at width 64, batch 512: a regime
+    """Activation bytes of a steady probe step at width 64, batch 512: a regime
     where activations, not parameters, dominate (as at the real sizes of memory_scaling.py)."""
     config = TrainConfig.build(
         {
@@ -86,7 +86,7 @@ def _activations(rule: str, depth: int) -> int:
     built = build_rule(config, data)
     probe = probe_phase(built, data, torch.device("cpu"), built.phases()[0])
     assert not isinstance(probe, str), probe
-    return probe.peak_bytes - probe.state_bytes
+    return probe.activation_bytes
 
 
 def test_activation_memory_of_local_rules_does_not_grow_with_depth() -> None:

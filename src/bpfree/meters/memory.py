@@ -184,6 +184,10 @@ class TensorMemoryTracker(TorchDispatchMode):
     ``baseline`` tensors (the rule's parameters, gradients, optimizer state, ...) count as live
     from the start; every storage an operator returns is added when first seen and removed when
     freed (a weakref finaliser on the storage). Kernel-internal scratch space is not seen.
+
+    ``mark()`` opens a window (one training step); ``window_peak()`` is then the peak bytes of
+    the storages created in the window that did not outlive it: the step's activations and
+    temporaries, without the gradients and optimizer state it leaves behind.
     """
 
     def __init__(self, baseline: Iterable[Any] = ()) -> None:
@@ -191,22 +195,45 @@ class TensorMemoryTracker(TorchDispatchMode):
         self.live = 0
         self.peak = 0
         self._seen: dict[int, Any] = {}  # storage data_ptr -> finaliser
+        self._next_id = 0
+        self._events: list[tuple[int, int]] = []  # (storage id, +-bytes) since mark()
+        self._window: set[int] = set()  # ids created since mark() and still alive
+        self._marked = False
         for s in _storages(baseline):
             self._track(s)
         self.baseline_bytes = self.live
 
-    def _free(self, key: int, nbytes: int) -> None:
+    def mark(self) -> None:
+        self._events, self._window, self._marked = [], set(), True
+
+    def window_peak(self) -> int:
+        """Peak bytes of the storages created since ``mark()`` that are freed again."""
+        survivors, live, top = set(self._window), 0, 0
+        for sid, delta in self._events:
+            if sid not in survivors:
+                live += delta
+                top = max(top, live)
+        return top
+
+    def _free(self, key: int, sid: int, nbytes: int) -> None:
         if self._seen.pop(key, None) is not None:
             self.live -= nbytes
+            if sid in self._window:
+                self._window.discard(sid)
+                self._events.append((sid, -nbytes))
 
     def _track(self, storage: torch.UntypedStorage) -> None:
         nbytes = storage.nbytes()
         key = storage.data_ptr()
         if nbytes == 0 or key in self._seen:
             return
-        self._seen[key] = weakref.finalize(storage, self._free, key, nbytes)
+        sid, self._next_id = self._next_id, self._next_id + 1
+        self._seen[key] = weakref.finalize(storage, self._free, key, sid, nbytes)
         self.live += nbytes
         self.peak = max(self.peak, self.live)
+        if self._marked:
+            self._window.add(sid)
+            self._events.append((sid, nbytes))
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))

@@ -42,7 +42,9 @@ class PhaseProbe:
     steady_partial: FlopCounts | None = None
     peak_bytes: int = 0  # live tensor storage at its highest during the probe steps
     state_bytes: int = 0  # the rule's own tensors after them (parameters, gradients, optimizer
-    # state, buffers, caches): what persists between steps; activations = peak - state
+    # state, buffers, caches): what persists between steps
+    activation_bytes: int = 0  # peak of what one steady step creates and frees again (its
+    # input batch, which is data and the same for every rule, not counted)
 
     @property
     def step_flops(self) -> int | None:
@@ -126,9 +128,12 @@ def probe_phase(
                 probe.first = c
             for rows, key in ((batch_size, "steady_full"), (rest, "steady_partial")):
                 if rows and (key == "steady_partial" or full):
+                    batch = _batch(data, rows)  # the input is data, not an activation
+                    tracker.mark()
                     with count_flops() as c:
-                        clone.train_step(_batch(data, rows))
+                        clone.train_step(batch)
                     setattr(probe, key, c)
+                    probe.activation_bytes = max(probe.activation_bytes, tracker.window_peak())
         probe.peak_bytes = tracker.peak
         probe.state_bytes = storage_bytes(t for t in _tensors(clone) if not _is_data(t, data))
         return probe

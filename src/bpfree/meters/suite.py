@@ -267,10 +267,9 @@ _PROBE_NOTE = (
 
 
 def memory_readings(probe: PhaseProbe) -> dict[str, Reading]:
-    """Peak tensor memory of the probe steps, split into the rule's persistent state and the
-    rest (activations, the batch and temporaries)."""
+    """Peak tensor memory of the probe steps, the rule's persistent state, and the activations
+    of a steady step."""
     source = "probe:dispatch_storage_tracking"
-    activations = max(0, probe.peak_bytes - probe.state_bytes)
     return {
         "peak_tensor_memory": Reading(float(probe.peak_bytes), "B", source, _PROBE_NOTE),
         "state_memory": Reading(
@@ -281,11 +280,12 @@ def memory_readings(probe: PhaseProbe) -> dict[str, Reading]:
             "state, buffers, caches",
         ),
         "activation_memory": Reading(
-            float(activations),
+            float(probe.activation_bytes),
             "B",
             source,
-            "peak_tensor_memory - state_memory: activations, the batch and temporaries at the "
-            "peak; " + _PROBE_NOTE,
+            "the peak bytes of what one steady training step creates and frees again "
+            "(activations and temporaries; not its input batch, nor the gradients and "
+            "optimizer state it leaves behind); " + _PROBE_NOTE,
         ),
     }
 
