@@ -15,7 +15,10 @@ raises ``AssertionError`` with a message saying what was wrong:
 * ``check_state_roundtrip``: a state-dict round trip (as the trainer resumes) gives identical
   predictions and an identical next step;
 * ``check_reverse_ad_claim``: a rule declaring ``reverse_ad = "none"`` makes zero autograd
-  backward calls (``torch.autograd.backward``/``grad``, ``Tensor.backward``).
+  backward calls (``torch.autograd.backward``/``grad``, ``Tensor.backward``);
+* ``check_phases_before_setup``: ``phases()`` needs only the hyperparameters and the model, so
+  the budget can be checked before a run (on a model without memory), and gives the same
+  phases as the set-up rule.
 
 Steps are driven like the trainer does: ``rule.train()``, ``start_phase`` at each phase start,
 then ``train_step`` on batches that carry their positions in the training set.
@@ -35,7 +38,7 @@ import torch
 
 from bpfree.config import TrainConfig
 from bpfree.data import DataBundle
-from bpfree.engine.build import build_rule, load_data
+from bpfree.engine.build import build_rule, load_data, phase_plan
 from bpfree.rules import Batch, Phase, Rule, baseline_rule
 
 
@@ -64,17 +67,20 @@ class RuleCase:
 
     def make(self, seed: int = 0) -> Rule:
         """A rule set up exactly as the trainer does it (init from the seed, own generator)."""
-        config = TrainConfig.build(
+        return build_rule(self.config(seed), self.data)
+
+    def config(self, seed: int = 0) -> TrainConfig:
+        return TrainConfig.build(
             {
                 "rule": self.rule,
                 "model": self.model,
                 "dataset": self.dataset,
                 "seed": seed,
                 "device": "cpu",
+                "epochs": 30,
                 "hparams": {"batch_size": self.batch_size, **self.hparams},
             }
         )
-        return build_rule(config, self.data)
 
     def batch(self, step: int, size: int | None = None) -> Batch:
         """Deterministic batch number ``step`` of the training set (with its indices)."""
@@ -291,6 +297,13 @@ def check_reverse_ad_claim(case: RuleCase) -> None:
         )
 
 
+def check_phases_before_setup(case: RuleCase) -> None:
+    """The budget check's phases (no memory, no set-up) are the set-up rule's phases."""
+    planned = [(p.name, p.index) for p in phase_plan(case.config())]
+    actual = [(p.name, p.index) for p in case.make().phases()]
+    assert planned == actual, f"{case}: phases {actual} before set-up read {planned}"
+
+
 CHECKS: tuple[Callable[[RuleCase], None], ...] = (
     check_loss_falls,
     check_own_parameters,
@@ -298,6 +311,7 @@ CHECKS: tuple[Callable[[RuleCase], None], ...] = (
     check_deterministic,
     check_state_roundtrip,
     check_reverse_ad_claim,
+    check_phases_before_setup,
 )
 
 
