@@ -159,3 +159,34 @@ def test_invalid_settings_fail_before_training() -> None:
         bpfree.train(rule="mf", model="mlp_2x64", dataset="digits", hparams={"lrr": 1})
     with pytest.raises(bpfree.ConfigError, match="unknown setting 'epoch'"):
         bpfree.train(rule="mf", model="mlp_2x64", dataset="digits", epoch=3)
+
+
+class _Planted:
+    """An object whose unpickling would run code (it writes a file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+@pytest.mark.parametrize("kind", ["planted", "truncated"])
+def test_a_hostile_or_broken_checkpoint_is_refused_without_running_code(
+    tmp_path: Path, kind: str
+) -> None:
+    import torch
+
+    from bpfree.errors import ConfigError
+
+    settings = dict(rule="mf", seed=0, **SMALL, progress=False)
+    out = tmp_path / "run"
+    out.mkdir()
+    marker = tmp_path / "marker"
+    if kind == "planted":
+        torch.save({"config": {}, "x": _Planted(marker)}, out / "checkpoint.pt")
+    else:
+        (out / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ConfigError, match="cannot be read as a bpfree checkpoint"):
+        bpfree.train(**settings, out=out, resume=True)
+    assert not marker.exists()

@@ -43,7 +43,16 @@ def load_checkpoint(out: Path, config: TrainConfig) -> dict[str, Any] | None:
     path = out / CHECKPOINT
     if not path.exists():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        # weights_only: tensors and plain containers only, so a planted file cannot run code
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt, or holding objects that are not data
+        raise ConfigError(
+            f"{path} cannot be read as a bpfree checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}); remove it to start the run afresh"
+        ) from None
+    if not isinstance(state, dict) or "config" not in state:
+        raise ConfigError(f"{path} is not a bpfree checkpoint; remove it to start afresh")
     if state["config"] != config.to_dict():
         new = config.to_dict()
         diff = sorted(k for k in state["config"] if state["config"][k] != new.get(k))
