@@ -65,7 +65,8 @@ def relu_mask(t: torch.Tensor) -> torch.Tensor:
 def set_linear_grad(layer: nn.Linear, delta: torch.Tensor, inputs: torch.Tensor) -> None:
     """layer.weight.grad = delta^T inputs / B and layer.bias.grad = mean(delta), explicitly."""
     n = delta.shape[0]
-    layer.weight.grad = delta.t() @ inputs / n  # (d_out, B) x (B, d_in) -> (d_out, d_in)
+    # (d_out, B) x (B, d_in) -> (d_out, d_in), divided in place: no second weight-sized buffer
+    layer.weight.grad = (delta.t() @ inputs).div_(n)
     if layer.bias is not None:
         layer.bias.grad = delta.mean(dim=0)  # (d_out,)
 
