@@ -15,7 +15,7 @@ from bpfree.reporting import write_report
 from bpfree.reporting.collect import Group
 from bpfree.reporting.compute import first_at, to_target, trajectory
 from bpfree.reporting.stats import EQUIVALENT, INCONCLUSIVE, NOT_EQUIVALENT, paired_ci, tost
-from bpfree.reporting.tables import build_rows, markdown
+from bpfree.reporting.tables import build_rows, markdown, runs_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,6 +94,12 @@ def test_compute_to_reach_the_twins_best() -> None:
     assert target.passes == 2.0 and target.seconds == pytest.approx(2.2)
     twin = to_target(groups["bp@m"], groups)
     assert (twin.reached, twin.runs, twin.passes) == (3, 3, 3.0)
+    lines = runs_csv(groups).splitlines()
+    assert len(lines) == 1 + 6 and lines[0].startswith("label,seed,status")
+    per_run = {tuple(line.split(",")[:3]): line.split(",") for line in lines[1:]}
+    assert per_run["r", "0", "completed"][-4:] == ["2", "2.0", "2.2", "22.0"]
+    assert per_run["r", "1", "completed"][-4:] == ["", "", "", ""]  # never reached: empty
+    assert per_run["r", "2", "diverged"][-4:] == ["", "", "", ""]
 
 
 def test_learning_rate_grid_is_scored_on_validation_only(tmp_path: Path) -> None:
@@ -136,7 +142,8 @@ def test_report_tables_regenerate_byte_for_byte(tmp_path: Path) -> None:
         progress=False,
         log=lambda _: None,
     )
-    first = {n: (out / "report" / n).read_bytes() for n in ("table.md", "table.csv", "table.tex")}
+    names = ("table.md", "table.csv", "table.tex", "runs.csv")
+    first = {n: (out / "report" / n).read_bytes() for n in names}
     copy = tmp_path / "copy"  # a reader's checkout: the small per-run files only, no weights
     for run in (out / "runs").iterdir():
         (copy / "runs" / run.name).mkdir(parents=True)
@@ -159,6 +166,6 @@ def test_committed_comparisons_regenerate_their_tables(folder: Path, tmp_path: P
     assert (copy / "runs").is_dir(), f"{folder} ships no per-run files"
     assert not list(copy.rglob("*.pt")), "committed results hold no weights"
     write_report(copy, plots=False)
-    for name in ("table.md", "table.csv", "table.tex"):
+    for name in ("table.md", "table.csv", "table.tex", "runs.csv"):
         want = (folder / "report" / name).read_bytes()
         assert (copy / "report" / name).read_bytes() == want, name

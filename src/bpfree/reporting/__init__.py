@@ -8,7 +8,7 @@ from bpfree.engine.io import write_text
 from bpfree.reporting.collect import commits, first_env, load_comparison, load_grid
 from bpfree.reporting.html import render, tuning_note, twin_note
 from bpfree.reporting.plots import all_figures
-from bpfree.reporting.tables import build_rows, csv_text, latex, markdown
+from bpfree.reporting.tables import build_rows, csv_text, latex, markdown, runs_csv
 
 
 def write_report(path: str | Path, *, plots: bool = True) -> str:
@@ -24,6 +24,7 @@ def write_report(path: str | Path, *, plots: bool = True) -> str:
     write_text(out / "table.md", table)
     write_text(out / "table.csv", csv_text(rows))
     write_text(out / "table.tex", latex(rows))
+    write_text(out / "runs.csv", runs_csv(groups))
     figures: dict[str, bytes] = {}
     if plots:
         figures = all_figures(rows, groups, load_grid(root, manifest))

@@ -100,3 +100,16 @@ def to_target(
         _mean([h.seconds for h in hits]),
         _mean([h.flops for h in hits]),
     )
+
+
+def run_target(
+    group: Group, groups: dict[str, Group], seed: int, fraction: float = TARGET_FRACTION
+) -> Point | None:
+    """The first epoch at which ``group``'s run ``seed`` reached its target (None: never, or
+    no target because its twin did not complete)."""
+    twin = groups[group.twin] if group.twin is not None else group
+    best = _best(twin, seed) if seed in twin.completed() else None
+    if best is None or seed not in group.runs:
+        return None
+    n_train = group.runs[seed].get("data", {}).get("n_train")
+    return first_at(trajectory(group.history.get(seed, []), n_train), fraction * best)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bpfree.reporting.collect import Group
-from bpfree.reporting.compute import TARGET_FRACTION, ToTarget, to_target
+from bpfree.reporting.compute import TARGET_FRACTION, ToTarget, run_target, to_target
 from bpfree.reporting.stats import TOST_MARGIN_PP, mean_std, paired_ci, tost
 
 NA = "n/a"
@@ -311,3 +311,63 @@ def latex(rows: list[Row]) -> str:
         out += [" & ".join(esc(c) for c in cells(r)) + r" \\" for r in rows]
         out += [r"\hline", r"\end{tabular}", ""]
     return "\n".join(out)
+
+
+RUN_FIELDS = [
+    "label",
+    "seed",
+    "status",
+    "test_accuracy",
+    "val_accuracy",
+    "best_epoch",
+    "data_passes",
+    "optimizer_steps",
+    "stopped_by",
+    "train_wall_time_s",
+    "selection_wall_time_s",
+    "train_flops",
+    "selection_flops",
+    "target_epoch",
+    "target_passes",
+    "target_seconds",
+    "target_flops",
+]
+
+
+def runs_csv(groups: dict[str, Group]) -> str:
+    """One line per run: what it reached, what it consumed, and what reaching 99% of its
+    twin's best validation accuracy cost it (empty: never reached)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(RUN_FIELDS)
+    for g in groups.values():
+        for seed, r in sorted(g.runs.items()):
+            m, cost = r.get("metrics", {}), r.get("cost", {})
+            hit = run_target(g, groups, seed) if r.get("status") == "completed" else None
+
+            def value(name: str, cost: dict[str, Any] = cost) -> Any:
+                return cost.get(name, {}).get("value")
+
+            w.writerow(
+                [
+                    g.label,
+                    seed,
+                    r.get("status"),
+                    m.get("test_accuracy"),
+                    m.get("val_accuracy"),
+                    m.get("best_epoch"),
+                    m.get("data_passes"),
+                    m.get("optimizer_steps"),
+                    m.get("stopped_by"),
+                    value("train_wall_time"),
+                    value("selection_wall_time"),
+                    value("train_flops"),
+                    value("selection_flops"),
+                    *(
+                        (hit.epoch, hit.passes, hit.seconds, hit.flops)
+                        if hit is not None
+                        else (None, None, None, None)
+                    ),
+                ]
+            )
+    return buf.getvalue().replace(",None", ",")
