@@ -225,3 +225,26 @@ def test_sigterm_leaves_a_resumable_run(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stderr.decode()
     final = json.loads((out / "result.json").read_text())
     assert final["status"] == "completed" and final["metrics"]["epochs_trained"] == 30
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["train", "--rule", "MF", "--dataset", "digits"], "did you mean: mf?"),
+        (["train", "--rule", "mf", "--dataset", "digits", "--epochs", "abc"], "invalid int"),
+        (["compare", "--rules", "mf"], "required: --dataset, --out"),
+        ([], "required: command"),
+        (
+            ["train", "--rule", "mf", "--dataset", "digits", "--set", "schedule=" + "x" * 5000],
+            "chars)",
+        ),
+    ],
+)
+def test_argument_errors_and_long_values_are_one_short_line(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and len(err) < 600, err[:700]

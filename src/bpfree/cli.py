@@ -196,10 +196,18 @@ def _cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line and exit code 2, like every other user mistake."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        first = message.splitlines()[0] if message else "invalid arguments"
+        self.exit(2, f"{self.prog}: error: {first[:300]} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bpfree import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="bpfree", description="Train networks without backpropagation; measure honestly."
     )
     parser.add_argument("--version", action="version", version=f"bpfree {__version__}")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bpfree.data import DATASETS
-from bpfree.errors import ConfigError, suggest
+from bpfree.errors import ConfigError, shorten, suggest
 from bpfree.meters.carbon import resolve_intensity
 from bpfree.models import model_family
 from bpfree.rules import RULES, create_rule
@@ -114,7 +114,7 @@ class TrainConfig:
         kwargs = {}
         for key, value in values.items():
             if key not in names:
-                raise ConfigError(f"unknown setting {key!r}{suggest(key, names)}")
+                raise ConfigError(f"unknown setting {shorten(key)}{suggest(key, names)}")
             kwargs[key] = value if key == "hparams" else coerce(key, value, hints[key])
         if not isinstance(kwargs.get("hparams", {}), dict):
             raise ConfigError("hparams must be a table of rule settings")

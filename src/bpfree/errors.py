@@ -25,14 +25,25 @@ class DataError(BpfreeError):
     """A dataset that is missing, truncated or corrupt."""
 
 
+def shorten(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message never echoes a huge input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 15] + f"... ({len(text)} chars)"
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
-    """Return ' (did you mean: a, b?)' for close matches of ``name``, or ''."""
+    """Return ' (did you mean: a, b?)' for close matches of ``name`` (ignoring case), or ''."""
     choices = list(choices)
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    lowered = {c.lower(): c for c in choices}
+    key = name.lower()
+    if key in lowered:  # only the case differs
+        return f" (did you mean: {lowered[key]}?)"
+    close = [lowered[c] for c in difflib.get_close_matches(key, lowered, n=3, cutoff=0.5)]
     if not close:
         # Prefix matches help for names like "mlp" -> "mlp_2x1000".
-        close = [c for c in choices if c.startswith(name) or name.startswith(c)][:3]
-    return f" (did you mean: {', '.join(close)}?)" if close else ""
+        close = [c for c in choices if c.lower().startswith(key) or key.startswith(c.lower())]
+        close = close[:3]
+    return f" (did you mean: {', '.join(close)}?)" if close and name else ""
 
 
 def unknown(kind: str, name: str, choices: Iterable[str]) -> ConfigError:
@@ -40,4 +51,4 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> ConfigError:
     choices = sorted(choices)
     hint = suggest(name, choices)
     listing = ", ".join(choices) if len(choices) <= 12 else ", ".join(choices[:12]) + ", ..."
-    return ConfigError(f"unknown {kind} {name!r}{hint}; valid: {listing}")
+    return ConfigError(f"unknown {kind} {shorten(name)}{hint}; valid: {listing}")

@@ -11,7 +11,7 @@ import types
 import typing
 from typing import Any, Literal
 
-from bpfree.errors import ConfigError, suggest
+from bpfree.errors import ConfigError, shorten, suggest
 
 
 def parse_value(text: str) -> Any:
@@ -34,8 +34,8 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
         allowed = typing.get_args(hint)
         if value not in allowed:
             raise ConfigError(
-                f"{key} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
-                + suggest(str(value), map(str, allowed))
+                f"{key} must be one of {', '.join(map(repr, allowed))}, got {shorten(value)}"
+                + suggest(str(value)[:100], map(str, allowed))
             )
         return value
     if origin in (typing.Union, types.UnionType):
@@ -46,16 +46,16 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
+        raise ConfigError(f"{key} must be true or false, got {shorten(value)}")
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
+            raise ConfigError(f"{key} must be an integer, got {shorten(value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
+            raise ConfigError(f"{key} must be a number, got {shorten(value)}")
         return float(value)
     if hint is str:
         return str(value)

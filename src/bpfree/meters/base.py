@@ -77,4 +77,8 @@ def format_reading(data: dict[str, Any] | Reading | None, digits: int = 3) -> st
     if r.value is None:
         return "n/a"
     label = " (estimate)" if r.source.startswith("estimate") else ""
+    if r.unit == "B":  # sizes in binary units
+        for factor, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+            if abs(r.value) >= factor:
+                return f"{r.value / factor:.{digits}g} {unit}{label}"
     return f"{r.value:.{digits}g} {r.unit}{label}"

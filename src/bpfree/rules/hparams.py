@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from bpfree.errors import ConfigError, suggest
+from bpfree.errors import ConfigError, shorten, suggest
 from bpfree.settings import coerce
 
 
@@ -64,7 +64,7 @@ class Hparams:
                 where = f" for rule {rule!r}" if rule else ""
                 hint = suggest(key, names)
                 raise ConfigError(
-                    f"unknown setting {key!r}{where}{hint}; valid: {', '.join(names)}"
+                    f"unknown setting {shorten(key)}{where}{hint}; valid: {', '.join(names)}"
                 )
             kwargs[key] = coerce(key, value, hints[key])
         hp = cls(**kwargs)
