@@ -255,3 +255,23 @@ def test_report_opens_in_a_real_browser(tmp_path: Path) -> None:
     errors = [line for line in console if "PROBE" not in line]
     assert errors == [], errors
     assert 'id="results"' in proc.stdout
+
+
+def test_compare_without_matplotlib_writes_tables_and_page(tmp_path: Path) -> None:
+    """Installed without the report extra, compare still reports, and says what it skipped."""
+    code = (
+        "import importlib.util, sys\n"
+        "_find = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda n, *a: None if n == 'matplotlib' else _find(n, *a)\n"
+        "sys.modules['matplotlib'] = None\n"
+        "from bpfree.cli import main\n"
+        f"sys.exit(main(['compare', '--rules', 'mf', '--dataset', 'digits', '--seeds', '1',"
+        f" '--epochs', '1', '--train-samples', '200', '--model', 'mf=mlp_2x8', '--quiet',"
+        f" '--out', {str(tmp_path / 'c')!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert "figures skipped: matplotlib is not installed" in proc.stderr
+    report = tmp_path / "c" / "report"
+    assert (report / "table.md").exists() and not list(report.glob("*.png"))
+    assert "pip install &#x27;bpfree[report]&#x27;" in (report / "report.html").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 from bpfree.engine.io import write_text
@@ -26,7 +28,11 @@ def write_report(path: str | Path, *, plots: bool = True) -> str:
     write_text(out / "table.tex", latex(rows))
     write_text(out / "runs.csv", runs_csv(groups))
     figures: dict[str, bytes] = {}
-    if plots:
+    skipped = None
+    if plots and not plotting_available():
+        skipped = "figures skipped: matplotlib is not installed (pip install 'bpfree[report]')"
+        print(f"bpfree: {skipped}", file=sys.stderr)
+    elif plots:
         figures = all_figures(rows, groups, load_grid(root, manifest))
         for name, png in figures.items():
             (out / f"{name}.png").write_bytes(png)
@@ -45,9 +51,15 @@ def write_report(path: str | Path, *, plots: bool = True) -> str:
             figures,
             sources,
             commits(root, manifest),
+            skipped,
         ),
     )
     return table
+
+
+def plotting_available() -> bool:
+    """Whether the ``report`` extra (matplotlib) is installed."""
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def report(path: str | Path, *, plots: bool = True) -> str:

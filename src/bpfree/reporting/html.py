@@ -161,6 +161,7 @@ def render(
     figures: dict[str, bytes],
     sources: dict[str, set[str]],
     shas: dict[str, int] | None = None,
+    skipped: str | None = None,
 ) -> str:
     tables = "".join(
         _table(table_id, headers, [(r.is_twin, cells(r)) for r in rows])
@@ -175,6 +176,7 @@ def render(
         "</figcaption></figure>"
         for name, png in figures.items()
     )
+    no_figures = f"<p>{html.escape(skipped or 'none')}</p>"
     title = f"bpfree comparison — {manifest.get('dataset')}"
     note = (
         "Each rule is trained on its native network; backprop (<code>bp@model</code>) "
@@ -187,7 +189,7 @@ def render(
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p>{note}</p>"
         f"{tables}"
-        f"<h2>Figures</h2>{figs}"
+        f"<h2>Figures</h2>{figs or no_figures}"
         f"{_provenance(manifest, env, groups, sources, shas or {})}</body></html>\n"
     )
 
