@@ -248,3 +248,34 @@ def test_argument_errors_and_long_values_are_one_short_line(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1 and len(err) < 600, err[:700]
+
+
+def test_silent_successes_are_now_errors(tmp_path: Path, capsys) -> None:
+    """What used to succeed silently: each is one line and exit code 2 now."""
+    base = ["--dataset", "digits", "--quiet"]
+    cases = [
+        (["train", "--rule", "mf", *base, "--out", ""], "--out is empty"),
+        (["train", "--rule", "mf", *base, "--out", str(tmp_path / "x"), "--resume"], "nothing"),
+        (["compare", "--rules", "mf", *base, "--out", str(tmp_path / "c"), "--tune", "0"], ">= 1"),
+        (
+            ["compare", "--rules", "mf", *base, "--out", str(tmp_path / "c"), "--model", "xx=y"],
+            "'xx' is not among the compared rules",
+        ),
+        (
+            ["compare", "--rules", "mf", *base, "--out", str(tmp_path / "c"), "--model", "mf="],
+            "no model given",
+        ),
+        (["train", "--rule", "mf", *base, "--config", str(tmp_path)], "Is a directory"),
+        (
+            ["train", "--rule", "mf", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path)],
+            "looked in",
+        ),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, (argv, err)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "compare.json").write_text("{")
+    assert main(["report", str(tmp_path / "r")]) == 2
+    assert "compare.json is corrupt" in capsys.readouterr().err

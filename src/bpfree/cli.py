@@ -11,6 +11,7 @@ import sys
 import time
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from bpfree.cli_compare import add_parsers as add_compare_parsers
@@ -91,11 +92,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     values.update({k: v for k, v in flags.items() if v is not None})
     config = TrainConfig.build(apply_sets(values, args.set))
     out = args.out
+    if out is not None and not out.strip():
+        raise BpfreeError("--out is empty; give the run directory to write")
     if out is None:
         if args.resume:
             raise BpfreeError("--resume needs --out (the run directory to continue)")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = f"runs/{config.rule}-{config.model}-{config.dataset}-s{config.seed}-{stamp}"
+    held = [Path(out) / name for name in ("checkpoint.pt", "result.json")]
+    if args.resume and not any(path.exists() for path in held):
+        raise BpfreeError(
+            f"nothing to resume in {out} (no checkpoint.pt or result.json); "
+            "drop --resume to start a new run there"
+        )
     result = Trainer(config, out, resume=args.resume, progress=False if args.quiet else None).run()
     print(result.summary())
     return 0 if result.status == "completed" else 1
@@ -262,6 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # a path the user gave: unwritable, a folder, missing, ...
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"bpfree: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

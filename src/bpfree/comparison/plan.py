@@ -23,7 +23,8 @@ from typing import Any
 from bpfree.config import TRAINER_KEYS, TrainConfig, parse_sets
 from bpfree.data import DATASETS
 from bpfree.engine.build import phase_plan
-from bpfree.errors import ConfigError
+from bpfree.errors import ConfigError, suggest
+from bpfree.models import MODELS
 from bpfree.rules import RULES, baseline_rule, parse_value
 from bpfree.rules.toolkit import OPTIMIZER_FIELDS
 
@@ -67,8 +68,18 @@ def parse_entries(
 ) -> list[Entry]:
     """Parse ``mf,ff,cafo,cafo:blocks=dfa`` into entries (label, rule, model, hparams)."""
     models, scoped = models or {}, scoped or {}
+    listed = [part.strip() for part in rules.split(",") if part.strip()]
+    for key, model in models.items():  # --model RULE=MODEL names a compared rule and a model
+        if key not in listed and key not in {r.split(":")[0] for r in listed}:
+            raise ConfigError(
+                f"--model {key}={model}: {key!r} is not among the compared rules "
+                f"({', '.join(listed)})" + suggest(key, listed)
+            )
+        if not model:
+            raise ConfigError(f"--model {key}=: no model given (e.g. {key}=mlp_2x1000)")
+        MODELS.get(model)  # unknown model -> ConfigError with suggestions
     entries: list[Entry] = []
-    for raw in (part.strip() for part in rules.split(",")):
+    for raw in listed:
         if not raw:
             continue
         name, *settings = raw.split(":")

@@ -151,6 +151,8 @@ def compare(
         grid = lr_grid_plan(
             entries, dataset, seed_list[0], base, lr_grid, twin, scoped.get(BASELINE)
         )
+    if tune is not None and tune < 1:
+        raise ConfigError(f"--tune must be >= 1 trial per study, got {tune}")
     plan_budget = Budget.from_dict({"n_trials": tune or 1, **(budget or {})})
     request = None
     if tune is not None:

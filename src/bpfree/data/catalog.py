@@ -1,7 +1,8 @@
 """The datasets bpfree knows: where their files come from, where they are looked for, how read.
 
-Search order for files (first hit wins): ``--data-dir``, ``$BPFREE_DATA``, the user cache dir
-(``$XDG_CACHE_HOME/bpfree`` or ``~/.cache/bpfree``), then system locations such as
+Where files are looked for: in ``--data-dir`` alone when it is given (a folder missing the files
+is an error, not a fall-back to another copy); else, first hit wins, ``$BPFREE_DATA``, the user
+cache dir (``$XDG_CACHE_HOME/bpfree`` or ``~/.cache/bpfree``), then system locations such as
 ``/usr/share/datasets`` (where Debian's ``dataset-fashion-mnist`` installs). Under each root the
 files may sit in a folder named after the dataset (any alias below) or in the root itself.
 """
@@ -173,10 +174,12 @@ DIGITS_TRAIN = 1500  # digits has no official test split: the last 297 images ar
 
 
 def search_roots(data_dir: str | Path | None = None) -> list[Path]:
-    """The folders searched for dataset files, in order."""
-    roots: list[Path] = []
+    """The folders searched for dataset files, in order. A ``data_dir`` the user names is the
+    only place looked in: a folder missing the files is an error, never a silent fallback to
+    another copy."""
     if data_dir:
-        roots.append(Path(data_dir).expanduser())
+        return [Path(data_dir).expanduser()]
+    roots: list[Path] = []
     if os.environ.get("BPFREE_DATA"):
         roots.append(Path(os.environ["BPFREE_DATA"]).expanduser())
     roots.append(user_cache_dir())

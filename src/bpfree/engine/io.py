@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from bpfree.errors import ConfigError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -42,5 +44,11 @@ def save_torch(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """A JSON file bpfree wrote; a corrupt one is a one-line error naming it and the fix."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path} is corrupt ({exc}); delete it, or the run folder holding it, and rerun"
+        ) from None
