@@ -5,7 +5,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
+import importlib
+import signal
+import subprocess
+import sys
 import threading
+import time
 import typing
 from collections.abc import Iterator
 from dataclasses import replace
@@ -144,3 +149,76 @@ def test_cli_fetch_with_mirror_rejects_wrong_files(
 def test_cli_fetch_unknown_dataset(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["data", "fetch", "fashon_mnist"]) == 2
     assert "did you mean: fashion_mnist" in capsys.readouterr().err
+
+
+class _Hostile(http.server.BaseHTTPRequestHandler):
+    """A server that sends forever (`/endless`) or one byte at a time (`/trickle`)."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()  # no Content-Length: the body ends when the server says so
+        try:
+            while True:
+                if self.path.endswith("endless"):
+                    self.wfile.write(b"\0" * 65536)
+                else:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+@pytest.fixture
+def hostile() -> Iterator[str]:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_an_endless_body_is_cut_at_the_size_limit(
+    hostile: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the module (bpfree.data's `fetch` attribute is the function of the same name)
+    monkeypatch.setattr(importlib.import_module("bpfree.data.fetch"), "MAX_BYTES", 1 << 20)
+    remote = RemoteFile("f.gz", "0" * 64, (f"{hostile}/endless",))
+    with pytest.raises(DataError, match="byte limit"):
+        fetch_file(remote, tmp_path / "out", quiet=True, timeout=5)
+    assert list((tmp_path / "out").iterdir()) == []  # no partial file left
+
+
+def test_a_trickling_server_is_cut_at_the_deadline(hostile: str, tmp_path: Path) -> None:
+    remote = RemoteFile("f.gz", "0" * 64, (f"{hostile}/trickle",))
+    start = time.monotonic()
+    with pytest.raises(DataError, match="deadline"):
+        fetch_file(remote, tmp_path / "out", quiet=True, timeout=5, deadline=1.0)
+    assert time.monotonic() - start < 10  # each read is quick; the deadline ends it
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_sigterm_during_a_download_leaves_no_partial_file(hostile: str, tmp_path: Path) -> None:
+    code = (
+        "from pathlib import Path\n"
+        "from bpfree.data.catalog import RemoteFile\n"
+        "from bpfree.data.fetch import fetch_file\n"
+        f"remote = RemoteFile('f.gz', '0' * 64, ({hostile + '/trickle'!r},))\n"
+        f"fetch_file(remote, Path({str(tmp_path / 'out')!r}), quiet=True, timeout=5)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
+    part = tmp_path / "out" / "f.gz.part"
+    for _ in range(100):  # wait until the download has started
+        if part.exists():
+            break
+        time.sleep(0.1)
+    assert part.exists()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0 and not part.exists()

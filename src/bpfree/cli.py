@@ -178,7 +178,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
     if args.data_cmd == "fetch":
         spec = DATASETS.get(args.name)
-        folder = fetch(spec, args.data_dir, mirror=args.mirror, timeout=args.timeout)
+        if not (0 < args.timeout < float("inf") and 0 < args.deadline < float("inf")):
+            raise BpfreeError("--timeout and --deadline must be positive numbers of seconds")
+        folder = fetch(
+            spec, args.data_dir, mirror=args.mirror, timeout=args.timeout, deadline=args.deadline
+        )
         print(f"{spec.name}: files verified (SHA-256) in {folder}")
         return 0
     for name, spec in DATASETS.items():
@@ -242,7 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument(
         "--mirror", help="base URL to fetch the files from instead of the canonical one"
     )
-    df.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    df.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds per network read (default 60)"
+    )
+    df.add_argument(
+        "--deadline",
+        type=float,
+        default=1800.0,
+        help="seconds for each whole file (default 1800); files over 512 MiB are refused",
+    )
     return parser
 
 

@@ -1,8 +1,13 @@
-"""Download a dataset's canonical files, verify SHA-256, write atomically.
+"""Download a dataset's canonical files, verify SHA-256, write atomically, within bounds.
 
 A download goes to ``<name>.part`` beside its destination and is renamed into place only after
 its checksum matches, so an interrupted or corrupt download never leaves a file that looks
-complete. A file already present with the right checksum is not downloaded again.
+complete; the part file is removed on any error, Ctrl-C or SIGTERM. A file already present with
+the right checksum is not downloaded again.
+
+Bounds: ``timeout`` seconds per network read, one overall ``deadline`` per file, and at most
+``MAX_BYTES`` per file (the largest dataset file, CIFAR's archive, is about 163 MiB): a server
+that sends forever, or one byte at a time, is cut off.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import hashlib
 import http.client
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,8 +24,11 @@ from pathlib import Path
 from bpfree.data.catalog import DatasetSpec, RemoteFile, default_fetch_dir
 from bpfree.errors import DataError
 from bpfree.progress import progress_bar
+from bpfree.signals import sigterm_as_interrupt
 
 CHUNK = 1 << 20
+MAX_BYTES = 512 << 20  # per file
+DEADLINE_S = 1800.0  # per file, all reads together
 
 
 def sha256_of(path: Path) -> str:
@@ -30,14 +39,24 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download(url: str, part: Path, timeout: float, quiet: bool) -> None:
+def _download(url: str, part: Path, timeout: float, deadline: float, quiet: bool) -> None:
+    """Stream ``url`` into ``part``; DataError past ``MAX_BYTES`` or the deadline."""
     request = urllib.request.Request(url, headers={"User-Agent": "bpfree"})
+    ends = time.monotonic() + deadline
     with urllib.request.urlopen(request, timeout=timeout) as response, open(part, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
+        if total is not None and total > MAX_BYTES:
+            raise DataError(f"{url} announces {total} bytes, over the {MAX_BYTES} byte limit")
         with progress_bar(
             total=total, desc=part.name.removesuffix(".part"), unit="B", disable=quiet
         ) as bar:
-            while block := response.read(CHUNK):
+            size = 0
+            while block := response.read1(CHUNK):  # what has arrived: never waits for CHUNK
+                size += len(block)
+                if size > MAX_BYTES:
+                    raise DataError(f"{url} sent more than the {MAX_BYTES} byte limit")
+                if time.monotonic() > ends:
+                    raise DataError(f"{url} took longer than the {deadline:g} s deadline")
                 out.write(block)
                 bar.update(len(block))
         out.flush()
@@ -50,6 +69,7 @@ def fetch_file(
     *,
     mirror: str | None = None,
     timeout: float = 60.0,
+    deadline: float = DEADLINE_S,
     quiet: bool = False,
 ) -> Path:
     """Fetch one file into ``folder``; return its path. Raises DataError when no mirror works."""
@@ -62,11 +82,15 @@ def fetch_file(
     errors = []
     for url in urls:
         try:
-            _download(url, part, timeout, quiet)
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            with sigterm_as_interrupt():
+                _download(url, part, timeout, deadline, quiet)
+        except (urllib.error.URLError, http.client.HTTPException, OSError, DataError) as exc:
             errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
             part.unlink(missing_ok=True)
             continue
+        except BaseException:  # Ctrl-C, SIGTERM: no partial file stays behind
+            part.unlink(missing_ok=True)
+            raise
         got = sha256_of(part)
         if got != remote.sha256:
             part.unlink(missing_ok=True)
@@ -83,6 +107,7 @@ def fetch(
     *,
     mirror: str | None = None,
     timeout: float = 60.0,
+    deadline: float = DEADLINE_S,
     quiet: bool | None = None,
 ) -> Path:
     """Fetch every file of ``spec`` into ``<data_dir>/<name>/``; return that folder."""
@@ -92,5 +117,5 @@ def fetch(
     if quiet is None:
         quiet = not sys.stderr.isatty()
     for remote in spec.remote:
-        fetch_file(remote, folder, mirror=mirror, timeout=timeout, quiet=quiet)
+        fetch_file(remote, folder, mirror=mirror, timeout=timeout, deadline=deadline, quiet=quiet)
     return folder
