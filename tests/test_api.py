@@ -32,7 +32,7 @@ def test_compare_report_and_sweep_from_python(tmp_path: Path) -> None:
     )
     assert {r.status for r in result.results.values()} == {"completed"}
     table = bpfree.report(tmp_path / "cmp", plots=False)
-    assert "| fa | mlp_2x8 | 1 / 0 / 0 |" in table
+    assert "| fa | mlp_2x8 | bp@mlp_2x8 | 1 / 0 / 0 |" in table
     summary = bpfree.sweep(
         study="api",
         storage=f"sqlite:///{tmp_path / 's.db'}",

@@ -145,7 +145,7 @@ def test_cli_compare_and_report(tmp_path: Path, capsys) -> None:
     )
     assert code == 0
     out = capsys.readouterr().out
-    assert "| mf | mlp_2x16 | 1 / 0 / 0 |" in out and "report.html" in out
+    assert "| mf | mlp_2x16 | bp@mlp_2x16 | 1 / 0 / 0 |" in out and "report.html" in out
     assert main(["report", str(tmp_path / "c"), "--no-plots"]) == 0
     assert main(["report", str(tmp_path)]) == 2
     assert "not a comparison directory" in capsys.readouterr().err

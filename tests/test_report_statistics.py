@@ -169,3 +169,16 @@ def test_committed_comparisons_regenerate_their_tables(folder: Path, tmp_path: P
     for name in ("table.md", "table.csv", "table.tex", "runs.csv"):
         want = (folder / "report" / name).read_bytes()
         assert (copy / "report" / name).read_bytes() == want, name
+
+
+def test_rows_near_chance_are_flagged_and_short_budgets_called_smoke_tests() -> None:
+    from bpfree.reporting import smoke_test
+
+    rows = {r.label: r for r in build_rows(_groups(), chance_pct=80.0)}
+    assert rows["r"].not_converged and not rows["bp@m"].not_converged  # 87 < 90 <= 91
+    assert "not converged at this budget" in markdown(list(rows.values()))
+    assert "| r | m | bp@m |" in markdown(list(rows.values()))  # each Δ names its twin
+    short = {"runs": [{"config": {"epochs": 2, "train_samples": 5000}}]}
+    full = {"runs": [{"config": {"epochs": 30, "train_samples": None}}]}
+    assert "Smoke test: 2 data passes on the first 5,000" in (smoke_test(short) or "")
+    assert smoke_test(full) is None

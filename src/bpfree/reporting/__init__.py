@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
+from bpfree.data import DATASETS
 from bpfree.engine.io import write_text
 from bpfree.reporting.collect import commits, first_env, load_comparison, load_grid
 from bpfree.reporting.html import render, tuning_note, twin_note
@@ -18,9 +20,11 @@ def write_report(path: str | Path, *, plots: bool = True) -> str:
     ``<path>/report``; return the Markdown table."""
     root = Path(path)
     manifest, groups = load_comparison(root)
-    rows = build_rows(groups)
+    rows = build_rows(groups, 100.0 / DATASETS.get(manifest["dataset"]).num_classes)
     out = root / "report"
-    table = markdown(rows) + f"\nTwins: {twin_note(manifest)}.\n"
+    smoke = smoke_test(manifest)
+    table = (f"**{smoke}**\n\n" if smoke else "") + markdown(rows)
+    table += f"\nTwins: {twin_note(manifest)}.\n"
     if manifest.get("tuning"):
         table += f"\n{tuning_note(manifest)}\n"
     write_text(out / "table.md", table)
@@ -52,9 +56,29 @@ def write_report(path: str | Path, *, plots: bool = True) -> str:
             sources,
             commits(root, manifest),
             skipped,
+            smoke,
         ),
     )
     return table
+
+
+SMOKE_PASSES = 10  # fewer data passes than this, or a training subset: a smoke test
+
+
+def smoke_test(manifest: dict[str, Any]) -> str | None:
+    """A warning when the comparison's budget makes it a check of the pipeline, not a result."""
+    configs = [r["config"] for r in manifest.get("runs", [])]
+    if not configs:
+        return None
+    passes = min(c["epochs"] for c in configs)
+    subset = {c.get("train_samples") for c in configs} - {None}
+    if passes >= SMOKE_PASSES and not subset:
+        return None
+    on = f"the first {min(subset):,} training examples" if subset else "the full training set"
+    return (
+        f"Smoke test: {passes} data passes on {on}. A check that the pipeline runs, not a "
+        "result: rules compared here have not converged."
+    )
 
 
 def plotting_available() -> bool:

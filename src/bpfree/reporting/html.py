@@ -34,6 +34,7 @@ table{border-collapse:collapse;font-size:0.85em;margin:1em 0}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
 th{background:#f3f3f3} tr.twin td{color:#555} figure{margin:1.5em 0}
 img{max-width:100%} code{background:#f3f3f3;padding:1px 3px}
+p.smoke{background:#fff3cd;border:1px solid #e0c36c;padding:8px}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px} dt{font-weight:bold}
 """
 
@@ -162,6 +163,7 @@ def render(
     sources: dict[str, set[str]],
     shas: dict[str, int] | None = None,
     skipped: str | None = None,
+    smoke: str | None = None,
 ) -> str:
     tables = "".join(
         _table(table_id, headers, [(r.is_twin, cells(r)) for r in rows])
@@ -187,7 +189,9 @@ def render(
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>{note}</p>"
+        f"<h1>{html.escape(title)}</h1>"
+        + (f'<p class="smoke"><strong>{html.escape(smoke)}</strong></p>' if smoke else "")
+        + f"<p>{note}</p>"
         f"{tables}"
         f"<h2>Figures</h2>{figs or no_figures}"
         f"{_provenance(manifest, env, groups, sources, shas or {})}</body></html>\n"

@@ -27,6 +27,21 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def palette(labels: list[str]) -> dict[str, str]:
+    """One colour per label, the same in every figure of a report (twins in shades of grey)."""
+    cycle = _plt().rcParams["axes.prop_cycle"].by_key()["color"]
+    greys = ["#555555", "#888888", "#aaaaaa", "#333333"]
+    twin = baseline_rule() + "@"
+    out: dict[str, str] = {}
+    rules = [x for x in labels if not x.startswith(twin)]
+    twins = [x for x in labels if x.startswith(twin)]
+    for i, label in enumerate(rules):
+        out[label] = cycle[i % len(cycle)]
+    for i, label in enumerate(twins):
+        out[label] = greys[i % len(greys)]
+    return out
+
+
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Points (cost, accuracy) not dominated by a cheaper-or-equal, more-accurate one."""
     front, best = [], float("-inf")
@@ -37,7 +52,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
-def accuracy_vs_cost(rows: list[Row], attr: str, xlabel: str, scale: float = 1.0) -> bytes | None:
+def accuracy_vs_cost(
+    rows: list[Row], attr: str, xlabel: str, colors: dict[str, str], scale: float = 1.0
+) -> bytes | None:
     pts = [
         (getattr(r, attr) / scale, r.acc_mean, r.acc_std or 0.0, r.label)
         for r in rows
@@ -46,12 +63,9 @@ def accuracy_vs_cost(rows: list[Row], attr: str, xlabel: str, scale: float = 1.0
     if not pts:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    twin = baseline_rule() + "@"
-    for x, y, err, label in pts:
-        gray = "gray" if label.startswith(twin) else None
-        ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, color=gray)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for x, y, err, label in pts:  # a legend, not labels beside the points: they never overlap
+        ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, color=colors.get(label), label=label)
     front = pareto_front([(x, y) for x, y, _, _ in pts])
     ax.plot(
         [p[0] for p in front],
@@ -70,24 +84,23 @@ def accuracy_vs_cost(rows: list[Row], attr: str, xlabel: str, scale: float = 1.0
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         xlabel += " (log scale)"
-    ax.margins(x=0.12)  # room for the labels of the outermost points
+    ax.margins(x=0.08)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy % (mean ± std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return _png(fig)
 
 
-def learning_curves(groups: dict[str, Group]) -> bytes | None:
+def learning_curves(groups: dict[str, Group], colors: dict[str, str]) -> bytes | None:
     """Validation accuracy per epoch, and against cumulative training + selection seconds and
     FLOPs (the compute-budget view)."""
     if not any(g.history for g in groups.values()):
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, g in enumerate(groups.values()):
-        color = colors[i % len(colors)]
+    for g in groups.values():
+        color = colors.get(g.label)
         for j, (seed, hist) in enumerate(sorted(g.history.items())):
             if not hist:
                 continue
@@ -100,6 +113,9 @@ def learning_curves(groups: dict[str, Group]) -> bytes | None:
                 axes[1].plot([p.seconds for p in pts], acc, **kw)
             if all(p.flops is not None for p in pts):
                 axes[2].plot([p.flops / 1e12 for p in pts], acc, **kw)  # type: ignore[operator]
+    from matplotlib.ticker import MaxNLocator
+
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_xlabel("epoch")
     axes[1].set_xlabel("cumulative training + selection time (s)")
     axes[2].set_xlabel("cumulative training + selection FLOPs (x1e12)")
@@ -110,7 +126,7 @@ def learning_curves(groups: dict[str, Group]) -> bytes | None:
     return _png(fig)
 
 
-def memory(rows: list[Row]) -> bytes | None:
+def memory(rows: list[Row], colors: dict[str, str]) -> bytes | None:
     """State and activation memory of the probe steps, stacked, per row."""
     pts = [
         (r.label, r.state_bytes / 2**20, r.activation_bytes / 2**20)
@@ -122,9 +138,14 @@ def memory(rows: list[Row]) -> bytes | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(pts)))
     labels = [p[0] for p in pts]
-    ax.barh(labels, [p[1] for p in pts], color="#4c72b0", label="state")
-    ax.barh(labels, [p[2] for p in pts], left=[p[1] for p in pts], color="#dd8452",
-            label="activations")  # fmt: skip
+    ax.barh(labels, [p[1] for p in pts], color="#cccccc", label="state")
+    ax.barh(
+        labels,
+        [p[2] for p in pts],
+        left=[p[1] for p in pts],
+        color=[colors.get(label, "#dd8452") for label in labels],
+        label="activations (one steady step)",
+    )
     ax.set_xlabel("tensor memory of the probe steps (MiB)")
     ax.invert_yaxis()
     ax.grid(alpha=0.3, axis="x")
@@ -132,7 +153,7 @@ def memory(rows: list[Row]) -> bytes | None:
     return _png(fig)
 
 
-def lr_sensitivity(grid: list[dict[str, Any]]) -> bytes | None:
+def lr_sensitivity(grid: list[dict[str, Any]], colors: dict[str, str]) -> bytes | None:
     """Validation accuracy against the learning rate, per rule and twin (diverged: marked)."""
     if not grid:
         return None
@@ -141,7 +162,9 @@ def lr_sensitivity(grid: list[dict[str, Any]]) -> bytes | None:
     for base in dict.fromkeys(g["base"] for g in grid):
         pts = sorted((g["lr"], g["val"], g["status"]) for g in grid if g["base"] == base)
         ok = [(lr, 100 * v) for lr, v, status in pts if status == "completed" and v is not None]
-        (line,) = ax.plot([p[0] for p in ok], [p[1] for p in ok], "o-", label=base)
+        (line,) = ax.plot(
+            [p[0] for p in ok], [p[1] for p in ok], "o-", label=base, color=colors.get(base)
+        )
         bad = [lr for lr, _, status in pts if status != "completed"]
         if bad:
             ax.plot(bad, [0.0] * len(bad), "x", color=line.get_color())
@@ -157,12 +180,15 @@ def all_figures(
     rows: list[Row], groups: dict[str, Group], grid: list[dict[str, Any]] | None = None
 ) -> dict[str, bytes]:
     grid = grid or []
+    c = palette([r.label for r in rows])
     figs = {
-        "accuracy_vs_time": accuracy_vs_cost(rows, "train_time_s", "training time (s)"),
-        "accuracy_vs_energy": accuracy_vs_cost(rows, "energy_j", "measured energy (J)"),
-        "accuracy_vs_flops": accuracy_vs_cost(rows, "train_flops", "training FLOPs (x1e12)", 1e12),
-        "learning_curves": learning_curves(groups),
-        "peak_memory": memory(rows),
-        "lr_sensitivity": lr_sensitivity(grid),
+        "accuracy_vs_time": accuracy_vs_cost(rows, "train_time_s", "training time (s)", c),
+        "accuracy_vs_energy": accuracy_vs_cost(rows, "energy_j", "measured energy (J)", c),
+        "accuracy_vs_flops": accuracy_vs_cost(
+            rows, "train_flops", "training FLOPs (x1e12)", c, 1e12
+        ),
+        "learning_curves": learning_curves(groups, c),
+        "peak_memory": memory(rows, c),
+        "lr_sensitivity": lr_sensitivity(grid, c),
     }
     return {k: v for k, v in figs.items() if v is not None}

@@ -34,6 +34,7 @@ class Row:
     label: str
     model: str
     is_twin: bool
+    twin: str  # the label of the row's backprop twin ("" for a twin)
     completed: int
     diverged: int
     unfinished: int
@@ -61,6 +62,7 @@ class Row:
     reverse_ad: str
     backward_locking: str
     weight_transport: str
+    not_converged: bool = False  # mean test accuracy within 10 points of chance
 
     @property
     def n(self) -> int:
@@ -95,8 +97,17 @@ def _metric_mean(group: Group, name: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def build_rows(groups: dict[str, Group]) -> list[Row]:
-    return [_row(g, groups) for g in groups.values()]
+CHANCE_MARGIN_PP = 10.0  # a row this close to chance is flagged "not converged at this budget"
+
+
+def build_rows(groups: dict[str, Group], chance_pct: float | None = None) -> list[Row]:
+    """One row per label; with ``chance_pct`` (100 / classes), rows whose mean test accuracy
+    is within 10 points of chance are flagged as not converged at this budget."""
+    rows = [_row(g, groups) for g in groups.values()]
+    if chance_pct is not None:
+        for r in rows:
+            r.not_converged = r.acc_mean is not None and r.acc_mean < chance_pct + CHANCE_MARGIN_PP
+    return rows
 
 
 def _row(g: Group, groups: dict[str, Group]) -> Row:
@@ -122,6 +133,7 @@ def _row(g: Group, groups: dict[str, Group]) -> Row:
         label=g.label,
         model=g.model,
         is_twin=g.twin is None,
+        twin=g.twin or "",
         completed=done,
         diverged=diverged,
         unfinished=unfinished,
@@ -172,6 +184,7 @@ def _f(v: float | None, fmt: str, suffix: str = "") -> str:
 ACCURACY_HEADERS = [
     "rule",
     "model",
+    "twin (Δ against)",
     "runs (ok / diverged / unfinished)",
     "test acc % (mean ± std)",
     "Δ vs twin (pp) [95% CI]",
@@ -202,6 +215,8 @@ def accuracy_cells(row: Row) -> list[str]:
     acc = NA
     if row.acc_mean is not None:
         acc = f"{row.acc_mean:.2f}" + (f" ± {row.acc_std:.2f}" if row.acc_std is not None else "")
+        if row.not_converged:
+            acc += " (not converged at this budget)"
     stats = NA
     if row.is_twin:
         diff, stats, verdict = "(baseline)", "", ""
@@ -216,6 +231,7 @@ def accuracy_cells(row: Row) -> list[str]:
     return [
         row.label,
         row.model,
+        row.twin or "(is a twin)",
         f"{row.completed} / {row.diverged} / {row.unfinished}",
         acc,
         diff,
