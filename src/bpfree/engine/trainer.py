@@ -310,9 +310,7 @@ class Trainer:
         state: LoopState,
     ) -> RunResult:
         """Test once (a completed run), write the result and the model."""
-        test = None
-        if state.status == "completed" and state.best is not None:
-            restore_modules(rule, state.best)  # a ceiling may have ended the run mid-phase
+        test = None  # the phases' best weights are restored already (_end_phase)
         if state.status == "completed" and self.evaluate_test:
             assert self._suite is not None
             with windows.measure(TEST, state.cost):
