@@ -26,3 +26,30 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM wait: a file being written is finished first.
+
+    A signal that arrives is re-raised on exit, to whatever handler was installed before, so
+    Ctrl-C still interrupts and SIGTERM still terminates, just after the write (main thread
+    only; elsewhere the block runs unprotected, as signals reach only the main thread).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        pending.append(signum)
+
+    signums = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)
+        if pending:
+            signal.raise_signal(pending[0])

@@ -11,12 +11,19 @@ from typing import Any
 import torch
 
 from bpfree.errors import ConfigError
+from bpfree.signals import deferred_interrupts
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
 def _atomic(path: Path, write: Any, mode: str) -> None:
+    """Write to a temporary file, then rename; Ctrl-C or SIGTERM wait until it is done."""
+    with deferred_interrupts():
+        _write_then_rename(path, write, mode)
+
+
+def _write_then_rename(path: Path, write: Any, mode: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions

@@ -1,0 +1,45 @@
+"""A signal that arrives while a file is being written waits for the write to finish."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from bpfree.engine import io
+from bpfree.signals import deferred_interrupts, sigterm_as_interrupt
+
+
+def test_sigint_inside_the_block_is_raised_after_it() -> None:
+    finished = False
+    with pytest.raises(KeyboardInterrupt), deferred_interrupts():
+        os.kill(os.getpid(), signal.SIGINT)
+        finished = True
+    assert finished
+
+
+def test_sigterm_mid_write_leaves_a_whole_file_then_interrupts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failure CI saw: SIGTERM inside torch.save corrupted the checkpoint being written."""
+    path = tmp_path / "result.json"
+
+    def write(f: object) -> None:
+        f.write('{"a": ')  # type: ignore[attr-defined]
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-write
+        f.write("1}\n")  # type: ignore[attr-defined]
+
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+        io._atomic(path, write, "w")
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_handlers_are_restored() -> None:
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with deferred_interrupts():
+        pass
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
