@@ -254,7 +254,7 @@ def test_silent_successes_are_now_errors(tmp_path: Path, capsys) -> None:
     """What used to succeed silently: each is one line and exit code 2 now."""
     base = ["--dataset", "digits", "--quiet"]
     cases = [
-        (["train", "--rule", "mf", *base, "--out", ""], "--out is empty"),
+        (["train", "--rule", "mf", *base, "--out", ""], "--out: is empty"),
         (["train", "--rule", "mf", *base, "--out", str(tmp_path / "x"), "--resume"], "nothing"),
         (["compare", "--rules", "mf", *base, "--out", str(tmp_path / "c"), "--tune", "0"], ">= 1"),
         (
@@ -272,10 +272,44 @@ def test_silent_successes_are_now_errors(tmp_path: Path, capsys) -> None:
         ),
     ]
     for argv, needle in cases:
-        assert main(argv) == 2, argv
+        with pytest.raises(SystemExit) as exit_info:
+            raise SystemExit(main(argv))
+        assert exit_info.value.code == 2, argv
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1, (argv, err)
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "compare.json").write_text("{")
     assert main(["report", str(tmp_path / "r")]) == 2
     assert "compare.json is corrupt" in capsys.readouterr().err
+
+
+def test_list_answers_from_its_cache_without_torch(tmp_path: Path) -> None:
+    """The first `list` builds the answer (importing torch); the next ones read it back."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    code = (
+        "import sys; from bpfree.cli import main; main(sys.argv[1:]); "
+        "sys.stderr.write('torch' if 'torch' in sys.modules else 'no torch')"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
+        for args in (["list"], ["list"], ["list", "fa"], ["list", "fa"])
+    ]
+    assert [r.stderr for r in runs] == ["torch", "no torch", "torch", "no torch"]
+    assert runs[0].stdout == runs[1].stdout and "Datasets:" in runs[0].stdout
+    assert runs[2].stdout == runs[3].stdout and "Hyperparameters" in runs[2].stdout
+
+
+def test_the_cache_of_answers_follows_the_code(tmp_path: Path, monkeypatch) -> None:
+    from bpfree import answers
+
+    monkeypatch.delitem(sys.modules, "bpfree.rules", raising=False)  # as in a fresh process
+    monkeypatch.setattr(answers, "PACKAGE", tmp_path / "pkg")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "pkg").mkdir()
+    source = tmp_path / "pkg" / "rule.py"
+    source.write_text("a = 1\n")
+    assert answers.cached_answer("k", lambda: "one") == "one"
+    assert answers.cached_answer("k", lambda: "two") == "one"  # same code: the kept answer
+    source.write_text("a = 22\n")  # an edit (another size): computed afresh
+    assert answers.cached_answer("k", lambda: "three") == "three"
+    assert len(list((tmp_path / "cache" / "bpfree" / "answers").glob("*.txt"))) == 1

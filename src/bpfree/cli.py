@@ -18,7 +18,7 @@ from bpfree.cli_compare import add_parsers as add_compare_parsers
 from bpfree.cli_compare import cmd_compare, cmd_report
 from bpfree.cli_sweep import add_parsers as add_sweep_parsers
 from bpfree.cli_sweep import cmd_sweep, cmd_worker
-from bpfree.errors import BpfreeError
+from bpfree.errors import BpfreeError, nonempty, one_line
 
 
 def _train_parser(sub: Any) -> None:
@@ -28,7 +28,9 @@ def _train_parser(sub: Any) -> None:
         "--model", help="model (default: the rule's native network for the dataset; `bpfree list`)"
     )
     p.add_argument("--dataset", help="dataset (see `bpfree list`)")
-    p.add_argument("--config", metavar="FILE.toml", help="settings file; flags override it")
+    p.add_argument(
+        "--config", type=nonempty, metavar="FILE.toml", help="settings file; flags override it"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -48,10 +50,12 @@ def _train_parser(sub: Any) -> None:
     p.add_argument(
         "--train-samples", type=int, metavar="N", help="use only the first N training examples"
     )
-    p.add_argument("--data-dir", help="folder holding dataset files")
+    p.add_argument("--data-dir", type=nonempty, help="folder holding dataset files")
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument(
-        "--out", help="run directory (default runs/<rule>-<model>-<dataset>-s<seed>-<time>)"
+        "--out",
+        type=nonempty,
+        help="run directory (default runs/<rule>-<model>-<dataset>-s<seed>-<time>)",
     )
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -64,6 +68,7 @@ def _train_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--country",
+        type=nonempty,
         metavar="CODE",
         help="country code (e.g. FRA or FR) whose grid intensity to use for `carbon`",
     )
@@ -127,40 +132,50 @@ def _properties(info: Any) -> str:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from bpfree.answers import cached_answer
+
+    # Cached per version of the code: building it imports torch (bpfree.answers says why).
+    print(cached_answer(f"list {args.rule or ''}", lambda: _listing(args.rule)), end="")
+    return 0
+
+
+def _listing(rule: str | None) -> str:
     from bpfree.data import DATASETS
     from bpfree.models import MODELS
     from bpfree.rules import RULES
 
-    if args.rule:
-        return _list_rule(RULES.get(args.rule))
-    print(
+    if rule:
+        return _rule_card(RULES.get(rule))
+    lines = [
         "Rules (reverse-mode AD / backward locking / weight transport / forward passes per step;"
         " native network per dataset kind):"
-    )
+    ]
     for name, cls in RULES.items():
-        print(f"  {name:<6} {cls.info.title}")
-        print(f"         {_properties(cls.info)}")
-        print(f"         {cls.info.citation}")
-    print("Models:")
+        lines.append(f"  {name:<6} {cls.info.title}")
+        lines.append(f"         {_properties(cls.info)}")
+        lines.append(f"         {cls.info.citation}")
+    lines.append("Models:")
     for pattern in MODELS.patterns():
-        print(f"  {pattern.display:<20} any depth and width, e.g. {', '.join(pattern.examples)}")
+        examples = ", ".join(pattern.examples)
+        lines.append(f"  {pattern.display:<20} any depth and width, e.g. {examples}")
     for name, entry in MODELS.items():
-        print(f"  {name:<20} {entry.description}")
-    print("Datasets:")
+        lines.append(f"  {name:<20} {entry.description}")
+    lines.append("Datasets:")
     for name, spec in DATASETS.items():
-        print(
+        lines.append(
             f"  {name:<14} {spec.title}, {spec.num_classes} classes, input {spec.input_shape}, "
             f"kind {spec.kind}"
         )
-    return 0
+    return "\n".join(lines) + "\n"
 
 
-def _list_rule(cls: Any) -> int:
+def _rule_card(cls: Any) -> str:
     """A rule's card: properties, then every hyperparameter with its default (and choices)."""
     i = cls.info
-    print(f"{i.name}: {i.title} ({i.citation})")
-    print(f"  {_properties(i)}")
-    print(f"Hyperparameters (set with --set key=value; in a comparison --set {i.name}.key=value):")
+    lines = [f"{i.name}: {i.title} ({i.citation})", f"  {_properties(i)}"]
+    lines.append(
+        f"Hyperparameters (set with --set key=value; in a comparison --set {i.name}.key=value):"
+    )
     hints = typing.get_type_hints(cls.Hparams)
     for f in dataclasses.fields(cls.Hparams):
         hint = hints[f.name]
@@ -168,8 +183,8 @@ def _list_rule(cls: Any) -> int:
             kind = "one of " + ", ".join(str(c) for c in typing.get_args(hint))
         else:
             kind = getattr(hint, "__name__", str(hint))
-        print(f"  {f.name:<18} {f.default!s:<14} {kind}")
-    return 0
+        lines.append(f"  {f.name:<18} {f.default!s:<14} {kind}")
+    return "\n".join(lines) + "\n"
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -238,13 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="list or fetch datasets")
     data_sub = data.add_subparsers(dest="data_cmd", required=True)
     dl = data_sub.add_parser("list", help="where each dataset was found, or how to get it")
-    dl.add_argument("--data-dir")
+    dl.add_argument("--data-dir", type=nonempty)
     dl.add_argument("-v", "--verbose", action="store_true", help="list the folders searched")
     df = data_sub.add_parser("fetch", help="download a dataset and verify its SHA-256")
-    df.add_argument("name")
-    df.add_argument("--data-dir", help="where to put it (default $BPFREE_DATA or the user cache)")
+    df.add_argument("name", type=nonempty)
     df.add_argument(
-        "--mirror", help="base URL to fetch the files from instead of the canonical one"
+        "--data-dir", type=nonempty, help="where to put it (default $BPFREE_DATA or the user cache)"
+    )
+    df.add_argument(
+        "--mirror",
+        type=nonempty,
+        help="base URL to fetch the files from instead of the canonical one",
     )
     df.add_argument(
         "--timeout", type=float, default=60.0, help="seconds per network read (default 60)"
@@ -276,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except BpfreeError as exc:
-        print(f"bpfree: error: {exc}", file=sys.stderr)
+        print(f"bpfree: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("bpfree: interrupted", file=sys.stderr)
@@ -285,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except OSError as exc:  # a path the user gave: unwritable, a folder, missing, ...
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-        print(f"bpfree: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"bpfree: error: {one_line(str(exc.strerror or exc) + where)}", file=sys.stderr)
         return 2
 
 

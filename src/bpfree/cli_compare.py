@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bpfree.cli_sweep import quiet_optuna_logs
-from bpfree.errors import BpfreeError
+from bpfree.errors import BpfreeError, nonempty, shorten, split_commas
 
 
 def add_parsers(sub: Any) -> None:
@@ -24,7 +24,9 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--dataset", required=True)
     p.add_argument("--seeds", default="3", help="how many seeds (0..N-1), or a list like 0,5,9")
-    p.add_argument("--out", required=True, help="comparison directory (rerun to continue it)")
+    p.add_argument(
+        "--out", type=nonempty, required=True, help="comparison directory (rerun to continue it)"
+    )
     p.add_argument(
         "--epochs",
         type=int,
@@ -67,7 +69,7 @@ def add_parsers(sub: Any) -> None:
         help="also train every rule and twin at each step size (first seed, validation only) "
         "for a learning-rate sensitivity plot",
     )
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", type=nonempty)
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--no-report", action="store_true", help="train only; no report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -89,13 +91,14 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument(
         "--storage",
+        type=nonempty,
         metavar="URL",
         help="share the tuning trials and seeded runs with every process running this same "
         "comparison through this storage (sqlite:///FILE or postgresql://...); without it "
         "the runs are local and tuning uses <out>/tuning.db",
     )
     r = sub.add_parser("report", help="tables, plots and report.html for a comparison directory")
-    r.add_argument("dir")
+    r.add_argument("dir", type=nonempty)
     r.add_argument("--no-plots", action="store_true", help="tables only")
 
 
@@ -105,13 +108,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     models = {}
     for item in args.model:
         if "=" not in item:
-            raise BpfreeError(f"--model expects RULE=MODEL, got {item!r}")
+            raise BpfreeError(f"--model expects RULE=MODEL, got {shorten(item)}")
         rule, model = item.split("=", 1)
         models[rule.strip()] = model.strip()
     lr_grid = None
-    if args.lr_grid:
+    if args.lr_grid is not None:
         try:
-            lr_grid = [float(v) for v in args.lr_grid.split(",") if v.strip()]
+            lr_grid = [float(v) for v in split_commas(args.lr_grid, "--lr-grid")]
         except ValueError:
             raise BpfreeError(
                 f"--lr-grid expects numbers like 1e-4,1e-3,1e-2, got {args.lr_grid[:60]!r}"

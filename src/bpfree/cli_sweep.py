@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from bpfree.errors import nonempty
+
 
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("sweep", help="tune a rule with Optuna under a fixed, stored budget")
-    p.add_argument("--study", required=True, help="study name (created if it does not exist)")
+    p.add_argument(
+        "--study", type=nonempty, required=True, help="study name (created if it does not exist)"
+    )
     p.add_argument(
         "--storage",
+        type=nonempty,
         metavar="URL",
         help="sqlite:///FILE, a file path, or postgresql://USER:PASS@HOST/DB "
         "(default $BPFREE_STORAGE, else ./bpfree-sweeps.db)",
@@ -18,7 +23,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--rule", help="learning rule to tune")
     p.add_argument("--model", help="model (default: the rule's native network for the dataset)")
     p.add_argument("--dataset", help="dataset (see `bpfree list`)")
-    p.add_argument("--config", metavar="FILE.toml", help="base settings file; flags override it")
+    p.add_argument(
+        "--config", type=nonempty, metavar="FILE.toml", help="base settings file; flags override it"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -56,18 +63,24 @@ def add_parsers(sub: Any) -> None:
     _worker_flags(p)
     p.add_argument(
         "--export",
+        type=nonempty,
         metavar="FILE.toml",
         help="write the best settings for `bpfree train --config FILE.toml`",
     )
     w = sub.add_parser("worker", help="join a running sweep and run its trials until it is done")
-    w.add_argument("--study", required=True, help="name of an existing study")
-    w.add_argument("--storage", metavar="URL", help="as for `bpfree sweep`")
+    w.add_argument("--study", type=nonempty, required=True, help="name of an existing study")
+    w.add_argument("--storage", type=nonempty, metavar="URL", help="as for `bpfree sweep`")
     _worker_flags(w)
 
 
 def _worker_flags(p: Any) -> None:
-    p.add_argument("--data-dir", help="folder holding dataset files on this machine")
-    p.add_argument("--max-trials", type=int, metavar="K", help="leave after K trials here")
+    p.add_argument("--data-dir", type=nonempty, help="folder holding dataset files on this machine")
+    p.add_argument(
+        "--max-trials",
+        type=int,
+        metavar="K",
+        help="leave after K trials here (0: only create or check the study)",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
 
 

@@ -91,6 +91,11 @@ class TrainConfig:
                 self.train_samples is None or self.train_samples >= 2,
                 f"train_samples must be >= 2, got {self.train_samples}",
             ),
+            (self.data_dir != "", "data_dir is empty; leave it out to search the usual places"),
+            (
+                not self.data_dir or not Path(self.data_dir).expanduser().is_file(),
+                f"data_dir {self.data_dir} is a file; give the folder that holds dataset files",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -135,7 +140,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             data = tomllib.load(f)
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {p} does not exist") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
     return data
 
@@ -157,10 +162,10 @@ def parse_sets(items: list[str]) -> SetItems:
     out = SetItems()
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {shorten(item)}")
         key, raw = (part.strip() for part in item.split("=", 1))
         if not key:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {shorten(item)}")
         value = parse_value(raw)
         if key.startswith("hparams."):
             out.rule[key.removeprefix("hparams.")] = value

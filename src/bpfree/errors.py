@@ -7,6 +7,7 @@ code 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 from collections.abc import Iterable
 
@@ -31,6 +32,13 @@ def shorten(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 15] + f"... ({len(text)} chars)"
 
 
+def one_line(message: str, longest: int = 300) -> str:
+    """A message as one line, each word over ``longest`` characters cut: a safety net, so that
+    no message echoes a huge input whole or spreads over lines."""
+    words = message.split()
+    return " ".join(w if len(w) <= longest else w[:60] + f"...({len(w)} chars)" for w in words)
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean: a, b?)' for close matches of ``name`` (ignoring case), or ''."""
     choices = list(choices)
@@ -52,3 +60,20 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> ConfigError:
     hint = suggest(name, choices)
     listing = ", ".join(choices) if len(choices) <= 12 else ", ".join(choices[:12]) + ", ..."
     return ConfigError(f"unknown {kind} {shorten(name)}{hint}; valid: {listing}")
+
+
+def nonempty(text: str) -> str:
+    """An argparse ``type`` for paths and names: an empty value is a mistake, never ``.``."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a value")
+    return text
+
+
+def split_commas(text: str, what: str) -> list[str]:
+    """``"a, b"`` -> ``["a", "b"]``; an empty item (``a,,b`` or a lone ``,``) is an error."""
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or any(not item for item in items):
+        raise ConfigError(
+            f"{what} has an empty item in {shorten(text)}; separate items by one comma"
+        )
+    return items

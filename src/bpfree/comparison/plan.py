@@ -23,7 +23,7 @@ from typing import Any
 from bpfree.config import TRAINER_KEYS, TrainConfig, parse_sets
 from bpfree.data import DATASETS
 from bpfree.engine.build import phase_plan
-from bpfree.errors import ConfigError, suggest
+from bpfree.errors import ConfigError, split_commas, suggest
 from bpfree.models import MODELS
 from bpfree.rules import RULES, baseline_rule, parse_value
 from bpfree.rules.toolkit import OPTIMIZER_FIELDS
@@ -68,7 +68,7 @@ def parse_entries(
 ) -> list[Entry]:
     """Parse ``mf,ff,cafo,cafo:blocks=dfa`` into entries (label, rule, model, hparams)."""
     models, scoped = models or {}, scoped or {}
-    listed = [part.strip() for part in rules.split(",") if part.strip()]
+    listed = split_commas(rules, "--rules")
     for key, model in models.items():  # --model RULE=MODEL names a compared rule and a model
         if key not in listed and key not in {r.split(":")[0] for r in listed}:
             raise ConfigError(
@@ -225,7 +225,7 @@ def parse_seeds(seeds: int | str | list[int]) -> list[int]:
         text = str(seeds).strip()
         try:
             if "," in text:
-                values = [int(s) for s in text.split(",") if s.strip()]
+                values = [int(s) for s in split_commas(text, "--seeds")]
             else:
                 n = int(text)
                 if n < 1:

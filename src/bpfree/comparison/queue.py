@@ -35,7 +35,7 @@ from typing import Any
 
 from bpfree.comparison.plan import PlannedRun
 from bpfree.engine import RunInterrupted, RunResult
-from bpfree.engine.io import read_json, write_json, write_text
+from bpfree.engine.io import RESULT_FIELDS, read_json, write_json, write_text
 from bpfree.errors import ConfigError
 from bpfree.sweeps.objective import DUPLICATE
 from bpfree.sweeps.storage import open_storage, redact
@@ -213,7 +213,7 @@ class RunQueue:
         payload = {
             "result": result.to_dict(),
             "history": _history(run_dir / "metrics.jsonl"),
-            "env": read_json(run_dir / "env.json") if (run_dir / "env.json").exists() else {},
+            "env": read_json(run_dir / "env.json", {}) if (run_dir / "env.json").exists() else {},
         }
         acc = result.metrics.get("test_accuracy")
         value = float(acc) if acc is not None else float("-inf")
@@ -274,7 +274,7 @@ class RunQueue:
             self._run(ticket, train)
         runs = self.out / "runs"
         return {
-            k: RunResult.from_dict(read_json(runs / k / "result.json"), runs / k)
+            k: RunResult.from_dict(read_json(runs / k / "result.json", RESULT_FIELDS), runs / k)
             for k in self.by_key
         }
 

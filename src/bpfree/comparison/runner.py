@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,8 @@ from bpfree.comparison.tune import Target, study_name, tune_all
 from bpfree.config import TrainConfig
 from bpfree.data import DataBundle
 from bpfree.engine import RunResult, Trainer, load_data
-from bpfree.engine.io import read_json, write_json
-from bpfree.errors import ConfigError
+from bpfree.engine.io import MANIFEST_FIELDS, read_json, write_json
+from bpfree.errors import ConfigError, split_commas
 from bpfree.reporting import write_report
 from bpfree.rules import RULES
 from bpfree.sweeps.budget import Budget, search_space
@@ -56,7 +57,7 @@ class Comparison:
 def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
     path = out / MANIFEST
     if path.exists():
-        old = read_json(path)
+        old = read_json(path, MANIFEST_FIELDS)
         if old.get("digest") != manifest["digest"]:
             raise ConfigError(
                 f"{out} holds a different comparison (other rules, seeds or settings); "
@@ -138,7 +139,7 @@ def compare(
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out)
-    labels = [r.strip() for r in rules.split(",") if r.strip()]
+    labels = split_commas(rules, "--rules")
     base, scoped = split_sets(list(sets or []), labels)
     given = {"epochs": epochs, "train_samples": train_samples, "data_dir": data_dir}
     base.update({k: v for k, v in {**given, "device": device}.items() if v is not None})
@@ -153,6 +154,8 @@ def compare(
         )
     if tune is not None and tune < 1:
         raise ConfigError(f"--tune must be >= 1 trial per study, got {tune}")
+    if tune is None and (tune_epochs is not None or tune_train_samples is not None):
+        raise ConfigError("--tune-epochs and --tune-train-samples apply to tuning: add --tune N")
     plan_budget = Budget.from_dict({"n_trials": tune or 1, **(budget or {})})
     request = None
     if tune is not None:
@@ -309,6 +312,7 @@ def _run_local(
 ) -> dict[str, RunResult]:
     """Every run in this process, in order, reusing finished ones."""
     results = {}
+    spent: list[float] = []  # seconds of each run trained here, for the estimate of what is left
     for i, run in enumerate(runs, 1):
         run_dir = out / "runs" / run.key
         done = (run_dir / "result.json").exists() and not (run_dir / "checkpoint.pt").exists()
@@ -317,10 +321,26 @@ def _run_local(
             f"[{i}/{len(runs)}] {run.label} on {run.config.model}, seed {run.config.seed}{kind}: "
             + ("reused" if done else "training")
         )
+        started = time.monotonic()
         result = _train(out, run, data, progress, test)
         results[run.key] = result
         if not done:
+            spent.append(time.monotonic() - started)
             acc = result.metrics.get("test_accuracy" if test else "val_accuracy")
             what = "test" if test else "validation"
-            log(f"        {result.status}" + (f", {what} accuracy {100 * acc:.2f}%" if acc else ""))
+            line = f"        {result.status}" + (
+                f", {what} accuracy {100 * acc:.2f}%" if acc else ""
+            )
+            log(f"{line} in {spent[-1]:.0f} s{_left(spent, len(runs) - i)}")
     return results
+
+
+def _left(spent: list[float], runs_left: int) -> str:
+    """'; about 3 min left (2 runs)': the mean time of the runs so far, times those left."""
+    if not runs_left:
+        return ""
+    seconds = sum(spent) / len(spent) * runs_left
+    when = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    return (
+        f"; about {when} left ({runs_left} run{'s' if runs_left > 1 else ''}, at the mean so far)"
+    )

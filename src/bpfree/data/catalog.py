@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bpfree.answers import user_cache_dir
 from bpfree.data.formats import CifarArchive, load_cifar_batch, read_idx
-from bpfree.errors import DataError
+from bpfree.errors import ConfigError, DataError
 from bpfree.registry import Registry
 
 SYSTEM_ROOTS = (Path("/usr/share/datasets"), Path("/usr/local/share/datasets"))
@@ -178,7 +179,7 @@ def search_roots(data_dir: str | Path | None = None) -> list[Path]:
     only place looked in: a folder missing the files is an error, never a silent fallback to
     another copy."""
     if data_dir:
-        return [Path(data_dir).expanduser()]
+        return [_user_dir(data_dir)]
     roots: list[Path] = []
     if os.environ.get("BPFREE_DATA"):
         roots.append(Path(os.environ["BPFREE_DATA"]).expanduser())
@@ -187,15 +188,17 @@ def search_roots(data_dir: str | Path | None = None) -> list[Path]:
     return roots
 
 
-def user_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "bpfree"
+def _user_dir(data_dir: str | Path) -> Path:
+    path = Path(data_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--data-dir {path} is a file; give the folder that holds dataset files")
+    return path
 
 
 def default_fetch_dir(data_dir: str | Path | None = None) -> Path:
     """Where ``bpfree data fetch`` writes: the first writable-by-intent root."""
     if data_dir:
-        return Path(data_dir).expanduser()
+        return _user_dir(data_dir)
     if os.environ.get("BPFREE_DATA"):
         return Path(os.environ["BPFREE_DATA"]).expanduser()
     return user_cache_dir()
@@ -287,6 +290,13 @@ def read_raw(
         }
         for part in ("train", "test"):
             x, y = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+            if x.shape[1:] != spec.input_shape[1:] or x.dtype != np.uint8:
+                raise DataError(
+                    f"{files[part + '_images']}: {x.dtype} images of {x.shape[1:]} pixels; "
+                    f"{spec.name} has uint8 images of {spec.input_shape[1:]} pixels"
+                )
+            if y.dtype.kind not in "ui":
+                raise DataError(f"{files[part + '_labels']}: labels are not integers")
             if len(x) != len(y):
                 raise DataError(
                     f"{files[part + '_images']}: {len(x)} images but "
@@ -317,4 +327,7 @@ def read_raw(
     else:
         train_x, train_y = load_cifar_batch(archive.read("train"), f"{where}:train", "fine_labels")
         test_x, test_y = load_cifar_batch(archive.read("test"), f"{where}:test", "fine_labels")
+    for y in (train_y, test_y):
+        if y.size and (y.min() < 0 or y.max() >= spec.num_classes):
+            raise DataError(f"{where}: labels outside 0..{spec.num_classes - 1}")
     return (train_x, train_y, test_x, test_y), str(where)

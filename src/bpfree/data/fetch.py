@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from bpfree.data.catalog import DatasetSpec, RemoteFile, default_fetch_dir
-from bpfree.errors import DataError
+from bpfree.errors import ConfigError, DataError, shorten
 from bpfree.progress import progress_bar
 from bpfree.signals import sigterm_as_interrupt
 
@@ -113,6 +113,8 @@ def fetch(
     """Fetch every file of ``spec`` into ``<data_dir>/<name>/``; return that folder."""
     if not spec.remote:
         raise DataError(f"dataset {spec.name!r} is bundled ({spec.note}); nothing to fetch")
+    if mirror is not None and not mirror.startswith(("http://", "https://", "file://")):
+        raise ConfigError(f"--mirror {shorten(mirror)} is not an http://, https:// or file:// URL")
     folder = default_fetch_dir(data_dir) / spec.name
     if quiet is None:
         quiet = not sys.stderr.isatty()

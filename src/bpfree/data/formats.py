@@ -89,8 +89,12 @@ def load_cifar_batch(raw: bytes, where: str, label_key: str) -> tuple[np.ndarray
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
     if "data" not in batch or label_key not in batch:
         raise DataError(f"{where}: CIFAR batch lacks 'data' or {label_key!r}")
-    data = np.asarray(batch["data"], dtype=np.uint8)
-    labels = np.asarray(batch[label_key], dtype=np.int64)
+    data, labels = np.asarray(batch["data"]), np.asarray(batch[label_key])
+    if data.dtype.kind not in "ui" or (data.size and (data.min() < 0 or data.max() > 255)):
+        raise DataError(f"{where}: CIFAR pixels must be integers 0..255, got {data.dtype} values")
+    if labels.dtype.kind not in "ui" or labels.ndim != 1:
+        raise DataError(f"{where}: CIFAR labels must be a list of integers")
+    data, labels = data.astype(np.uint8), labels.astype(np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
         raise DataError(f"{where}: CIFAR batch has shape {data.shape} for {labels.shape[0]} labels")
     return data.reshape(-1, 3, 32, 32), labels

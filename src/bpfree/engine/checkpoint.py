@@ -8,6 +8,7 @@ other settings is refused.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,13 @@ def load_checkpoint(out: Path, config: TrainConfig) -> dict[str, Any] | None:
         return None
     try:
         # weights_only: tensors and plain containers only, so a planted file cannot run code
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickles: the error says enough
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupt, or holding objects that are not data
         raise ConfigError(
             f"{path} cannot be read as a bpfree checkpoint ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200]}); remove it to start the run afresh"
+            f"{(str(exc).splitlines() or ['empty'])[0][:200]}); remove it to start the run afresh"
         ) from None
     if not isinstance(state, dict) or "config" not in state:
         raise ConfigError(f"{path} is not a bpfree checkpoint; remove it to start afresh")

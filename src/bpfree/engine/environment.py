@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bpfree.errors import ConfigError
+from bpfree.errors import ConfigError, unknown
 from bpfree.hardware import cpu_model, memory_bytes
 from bpfree.meters.check import meter_status
 from bpfree.meters.peak import cache_path, matmul_peak
@@ -45,6 +45,8 @@ def git_sha() -> str | None:
 
 
 def resolve_device(name: str) -> torch.device:
+    if name not in ("auto", "cpu", "cuda"):
+        raise unknown("device", name, ["auto", "cpu", "cuda"])
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():

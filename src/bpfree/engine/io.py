@@ -50,12 +50,63 @@ def save_torch(path: Path, obj: Any) -> None:
     _atomic(path, lambda f: torch.save(obj, f), "wb")
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file bpfree wrote; a corrupt one is a one-line error naming it and the fix."""
+# What the files bpfree reads back must hold (field: type); more fields may follow.
+RESULT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "status": str,
+    "rule": str,
+    "model": str,
+    "dataset": str,
+    "seed": int,
+    "metrics": dict,
+    "cost": dict,
+    "config": dict,
+}
+MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "dataset": str,
+    "digest": str,
+    "entries": list,
+    "runs": list,
+}
+ENTRY_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "label": str,
+    "rule": str,
+    "model": str,
+    "twin": str,
+}
+PLANNED_FIELDS: dict[str, type | tuple[type, ...]] = {"key": str, "label": str, "config": dict}
+
+
+def read_json(path: Path, fields: dict[str, type | tuple[type, ...]] | None = None) -> Any:
+    """A JSON file bpfree wrote; a corrupt one is a one-line error naming it and the fix.
+
+    ``fields``: the file must hold an object with these fields of these types.
+    """
     try:
         with open(path) as f:
-            return json.load(f)
+            data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"{path} is corrupt ({exc}); delete it, or the run folder holding it, and rerun"
-        ) from None
+        raise _corrupt(path, str(exc)) from None
+    if fields is not None:
+        check_fields(data, fields, path)
+    return data
+
+
+def check_fields(data: Any, fields: dict[str, type | tuple[type, ...]], path: Path) -> None:
+    """``data`` is an object with ``fields`` of their types, or ``path`` is named as corrupt."""
+    if not isinstance(data, dict):
+        raise _corrupt(path, f"a {type(data).__name__} where an object belongs")
+    for name, kind in fields.items():
+        value = data.get(name)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise _corrupt(path, f"field {name!r} is missing or not a {_names(kind)}")
+
+
+def _names(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+
+
+def _corrupt(path: Path, why: str) -> ConfigError:
+    return ConfigError(
+        f"{path} is corrupt ({why}); delete it, or the run folder holding it, and rerun"
+    )

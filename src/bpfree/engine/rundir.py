@@ -13,7 +13,7 @@ from typing import Any
 
 from bpfree.config import TrainConfig
 from bpfree.engine.checkpoint import CHECKPOINT, load_checkpoint
-from bpfree.engine.io import read_json, save_torch, write_json, write_text
+from bpfree.engine.io import RESULT_FIELDS, read_json, save_torch, write_json, write_text
 from bpfree.engine.result import RunResult
 from bpfree.errors import ConfigError
 
@@ -30,7 +30,7 @@ class RunDir:
             return None
         path = self.out / RESULT
         if path.exists() and not (self.out / CHECKPOINT).exists():
-            data = read_json(path)
+            data = read_json(path, RESULT_FIELDS)
             if data.get("status") in ("completed", "diverged"):
                 return RunResult.from_dict(data, self.out)
         return None

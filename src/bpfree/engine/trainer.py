@@ -48,6 +48,7 @@ from bpfree.engine.rundir import RunDir
 from bpfree.engine.seeding import generator
 from bpfree.engine.state import LoopState, clone_modules, new_stopper, restore_modules
 from bpfree.engine.windows import SELECTION, TEST, TRAIN, Windows
+from bpfree.errors import ConfigError, shorten
 from bpfree.meters import Reading
 from bpfree.meters.probe import PhaseProbe
 from bpfree.meters.suite import MeterSuite
@@ -138,11 +139,17 @@ class Trainer:
         if ckpt is None:
             state = LoopState(stopper=new_stopper(self.config))
         else:
-            restore(rule, batches, ckpt)
-            state = LoopState.from_checkpoint(ckpt)
-            if state.epoch_in_phase > 0:  # mid-phase: rebuild the phase's parts, then its state
-                rule.start_phase(phases[state.phase], data.train_x, data.train_y)
-                rule.load_state_dict(ckpt["rule"])
+            try:
+                restore(rule, batches, ckpt)
+                state = LoopState.from_checkpoint(ckpt)
+                if state.epoch_in_phase > 0:  # mid-phase: rebuild the phase's parts, then state
+                    rule.start_phase(phases[state.phase], data.train_x, data.train_y)
+                    rule.load_state_dict(ckpt["rule"])
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+                raise ConfigError(
+                    f"{self.out / CHECKPOINT} does not hold this run's state "
+                    f"({type(e).__name__}: {shorten(e)}); remove it to start the run afresh"
+                ) from None
         self.cost = state.cost  # live: a hook that stops the run still leaves what was spent
         self.rundir.reset_metrics(state.history)
         return state

@@ -9,9 +9,10 @@ Only measured energy enters ``carbon``; with no measured energy the reading is
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from bpfree.errors import ConfigError
+from bpfree.errors import ConfigError, shorten
 from bpfree.meters.base import Reading
 
 WORLD_AVERAGE = 475.0  # gCO2e/kWh: global average of electricity (IEA), CodeCarbon's default
@@ -77,15 +78,17 @@ def resolve_intensity(
 ) -> GridIntensity:
     """The grid intensity to use and where it came from."""
     if grid_intensity is not None:
-        if grid_intensity < 0:
-            raise ConfigError(f"grid_intensity must be >= 0 gCO2e/kWh, got {grid_intensity}")
+        if not 0 <= grid_intensity < math.inf:
+            raise ConfigError(
+                f"grid_intensity must be a finite number >= 0 gCO2e/kWh, got {grid_intensity}"
+            )
         return GridIntensity(float(grid_intensity), "user:grid_intensity")
     if country:
         code = country.strip().upper()
         code = ALPHA2.get(code, code)
         if code not in COUNTRY_INTENSITY:
             raise ConfigError(
-                f"no grid intensity known for country {country!r}; known: "
+                f"no grid intensity known for country {shorten(country)}; known: "
                 f"{', '.join(known_countries())} (ISO alpha-3, or alpha-2); "
                 "or pass the value with --grid-intensity gCO2e/kWh"
             )

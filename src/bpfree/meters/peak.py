@@ -2,7 +2,7 @@
 
 Measured once per (device, torch version, thread count), by timing repeated square float32
 ``torch.mm`` calls and keeping the best rate, then cached as JSON in the user cache dir
-(``bpfree.data.catalog.user_cache_dir()/matmul_peak.json``). ``bpfree env --refresh`` remeasures.
+(``bpfree.answers.user_cache_dir()/matmul_peak.json``). ``bpfree env --refresh`` remeasures.
 On a shared machine the figure is only as good as the quiet moment it was taken in: the cache
 records when it was measured and with what.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from bpfree.data.catalog import user_cache_dir
+from bpfree.answers import user_cache_dir
 from bpfree.hardware import cpu_model
 from bpfree.meters.base import Reading
 from bpfree.meters.timing import synchronize

@@ -7,8 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bpfree.engine.io import read_json
-from bpfree.errors import ConfigError
+from bpfree.engine.io import (
+    ENTRY_FIELDS,
+    MANIFEST_FIELDS,
+    PLANNED_FIELDS,
+    RESULT_FIELDS,
+    check_fields,
+    read_json,
+)
+from bpfree.errors import ConfigError, shorten
 
 COST_COLUMNS = ("train_wall_time", "gpu_energy", "cpu_energy", "peak_tensor_memory", "train_flops")
 
@@ -45,6 +52,23 @@ class Group:
         return {s: r["cost"][name] for s, r in self.completed().items() if name in r["cost"]}
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """``compare.json``, checked: its entries and runs are what the report reads."""
+    manifest = read_json(path, MANIFEST_FIELDS)
+    for entry in manifest["entries"]:
+        check_fields(entry, ENTRY_FIELDS, path)
+    labels = {e["label"] for e in manifest["entries"]} | {e["twin"] for e in manifest["entries"]}
+    for run in manifest["runs"]:
+        check_fields(run, PLANNED_FIELDS, path)
+        seed = run["config"].get("seed")
+        if run["label"] not in labels or not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(
+                f"{path} is corrupt (run {shorten(run['key'])} has an unknown label or no seed); "
+                "delete it, or the run folder holding it, and rerun"
+            )
+    return manifest
+
+
 def load_comparison(path: str | Path) -> tuple[dict[str, Any], dict[str, Group]]:
     root = Path(path)
     manifest_path = root / "compare.json"
@@ -53,7 +77,7 @@ def load_comparison(path: str | Path) -> tuple[dict[str, Any], dict[str, Group]]
             f"{root} is not a comparison directory (no compare.json); "
             "make one with `bpfree compare`"
         )
-    manifest = read_json(manifest_path)
+    manifest = read_manifest(manifest_path)
     groups: dict[str, Group] = {}
     for e in manifest["entries"]:
         groups[e["label"]] = Group(e["label"], e["rule"], e["model"], e["twin"])
@@ -62,10 +86,10 @@ def load_comparison(path: str | Path) -> tuple[dict[str, Any], dict[str, Group]]
     for run in manifest["runs"]:
         run_dir = root / "runs" / run["key"]
         group = groups[run["label"]]
-        seed = run["config"]["seed"]
+        seed = run["config"].get("seed")
         group.planned.add(seed)
         if (run_dir / "result.json").exists():
-            group.runs[seed] = read_json(run_dir / "result.json")
+            group.runs[seed] = read_json(run_dir / "result.json", RESULT_FIELDS)
         if (run_dir / "metrics.jsonl").exists():
             lines = (run_dir / "metrics.jsonl").read_text().splitlines()
             group.history[seed] = [json.loads(x) for x in lines if x.strip()]
@@ -78,7 +102,7 @@ def load_grid(root: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     for run in manifest.get("lr_grid", {}).get("runs", []):
         path = root / "runs" / run["key"] / "result.json"
         if path.exists():
-            result = read_json(path)
+            result = read_json(path, RESULT_FIELDS)
             acc = result["metrics"].get("val_accuracy")
             out.append(
                 {"base": run["base"], "lr": run["lr"], "status": result["status"], "val": acc}
@@ -92,7 +116,7 @@ def commits(root: Path, manifest: dict[str, Any]) -> dict[str, int]:
     for run in manifest["runs"]:
         env = root / "runs" / run["key"] / "env.json"
         if env.exists():
-            sha = str(read_json(env).get("git_sha") or "unknown")
+            sha = str(read_json(env, {}).get("git_sha") or "unknown")
             out[sha] = out.get(sha, 0) + 1
     return out
 
@@ -101,5 +125,5 @@ def first_env(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     for run in manifest["runs"]:
         env = root / "runs" / run["key"] / "env.json"
         if env.exists():
-            return read_json(env)
+            return read_json(env, {})
     return {}

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from bpfree.engine.io import write_text
-from bpfree.errors import ConfigError
+from bpfree.errors import ConfigError, shorten
 from bpfree.meters.base import Reading, add, format_reading, peak
 from bpfree.sweeps.objective import COMPLETE, DUPLICATE, FAIL, PRUNED
-from bpfree.sweeps.storage import import_optuna, open_storage, redact, resolve_url
+from bpfree.sweeps.storage import import_optuna, open_storage, redact, resolve_url, sqlite_missing
 from bpfree.sweeps.study import find_study, wait_ready
 
 # How a reading of each unit folds over trials: time, energy, work and carbon add up; memory
@@ -140,6 +140,8 @@ def summarize(study: str, storage: str | None = None) -> SweepSummary:
     """The state of study ``study``: counts, best trial, budget and total cost."""
     optuna = import_optuna()
     url = resolve_url(storage)
+    if sqlite_missing(url):
+        raise ConfigError(f"no study {shorten(study)} in {redact(url)}: the file does not exist")
     loaded = find_study(optuna, study, open_storage(url))
     if loaded is None:
         raise ConfigError(f"no study {study!r} in {redact(url)}")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bpfree.errors import ConfigError
+from bpfree.errors import ConfigError, shorten
 
 STORAGE_ENV = "BPFREE_STORAGE"
 DEFAULT_FILE = "bpfree-sweeps.db"
@@ -52,7 +52,9 @@ def resolve_url(storage: str | None = None) -> str:
     scheme, rest = text.split("://", 1)
     if scheme == "postgres":
         return f"postgresql://{rest}"
-    if scheme.split("+")[0] in ("sqlite", "postgresql", "mysql"):
+    if scheme.split("+")[0] == "sqlite" and not rest.startswith("/"):
+        raise ConfigError(f"sweep storage {shorten(text)} names no file; use sqlite:///FILE")
+    if scheme.split("+")[0] in ("sqlite", "postgresql"):
         return text
     raise ConfigError(
         f"unsupported sweep storage {redact(text)!r}; use a file path, sqlite:///FILE "
@@ -68,6 +70,14 @@ def redact(url: str) -> str:
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+def sqlite_missing(url: str) -> bool:
+    """A SQLite URL whose file does not exist yet (opening it would create it)."""
+    if not url.startswith("sqlite") or ":///" not in url:
+        return False
+    path = url.split(":///", 1)[1]
+    return path != ":memory:" and not Path(path).exists()
 
 
 def _prepare_sqlite(url: str) -> dict[str, Any]:
@@ -114,7 +124,10 @@ def open_storage(
     url = resolve_url(storage)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        engine_kwargs = _prepare_sqlite(url)
+        try:
+            engine_kwargs = _prepare_sqlite(url)
+        except sqlite3.Error as exc:  # a folder, not a database, unwritable, ...
+            raise ConfigError(f"cannot open sweep storage {shorten(url)}: {exc}") from None
     elif url.startswith("postgresql"):
         url = _postgres_driver(url)
         engine_kwargs = {"pool_pre_ping": True}  # survive a server restart between trials
@@ -139,5 +152,6 @@ def open_storage(
                     time.sleep(0.2 * (attempt + 1))
                     continue
                 first = text.splitlines()[0] if text else type(exc).__name__
-                raise ConfigError(f"cannot open sweep storage {redact(url)}: {first}") from exc
+                where = shorten(redact(url))
+                raise ConfigError(f"cannot open sweep storage {where}: {first}") from exc
     raise AssertionError("unreachable")

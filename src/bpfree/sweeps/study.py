@@ -18,10 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bpfree.config import TrainConfig
-from bpfree.errors import BpfreeError, ConfigError
+from bpfree.errors import BpfreeError, ConfigError, shorten
 from bpfree.rules import RULES
 from bpfree.sweeps.budget import Budget, search_space
-from bpfree.sweeps.storage import import_optuna, open_storage, redact, resolve_url
+from bpfree.sweeps.storage import (
+    import_optuna,
+    open_storage,
+    redact,
+    resolve_url,
+    sqlite_missing,
+)
 from bpfree.version import __version__
 
 SCHEMA = 1
@@ -87,7 +93,14 @@ def wait_ready(study: Any, name: str) -> dict[str, Any]:
         time.sleep(0.2)
 
 
+MAX_STUDY_NAME = 512  # Optuna's column width in its RDB storages
+
+
 def find_study(optuna: Any, name: str, storage: Any) -> Any | None:
+    if not name.strip() or len(name) > MAX_STUDY_NAME:
+        raise ConfigError(
+            f"study name {shorten(name)} must be 1 to {MAX_STUDY_NAME} characters, not blank"
+        )
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -119,16 +132,20 @@ def create_or_join(
     """
     optuna = quiet_optuna()
     url = resolve_url(storage)
-    raw = open_storage(url)
     base_req = base.to_dict() if isinstance(base, TrainConfig) else dict(base or {})
     budget_req = budget.to_dict() if isinstance(budget, Budget) else dict(budget or {})
+    creatable = {"rule", "dataset"} <= {k for k, v in base_req.items() if v}
+    missing = ConfigError(
+        f"study {shorten(study)} does not exist in {redact(url)}; create it with --rule, "
+        "--dataset and --trials (and --model for another than the rule's native one)"
+    )
+    if sqlite_missing(url) and not creatable:
+        raise missing  # and leave no new, empty database behind
+    raw = open_storage(url)
     existing = find_study(optuna, study, raw)
     if existing is None:
-        if not {"rule", "dataset"} <= {k for k, v in base_req.items() if v}:
-            raise ConfigError(
-                f"study {study!r} does not exist in {redact(url)}; create it with --rule, "
-                "--dataset and --trials (and --model for another than the rule's native one)"
-            )
+        if not creatable:
+            raise missing
         config = TrainConfig.build(base_req)
         plan = Budget.from_dict(budget_req)
         space = search_space(config.rule)

@@ -31,6 +31,7 @@ from typing import Any
 
 from bpfree.config import TrainConfig
 from bpfree.engine.trainer import RunInterrupted
+from bpfree.errors import ConfigError
 from bpfree.sweeps.budget import Budget
 from bpfree.sweeps.objective import (
     COMPLETE,
@@ -236,6 +237,10 @@ class Worker:
         ``wait=False``: return (status ``busy``) instead of waiting while other workers run the
         last trials, so a process can work on another study meanwhile.
         """
+        if max_trials is not None and max_trials < 0:
+            raise ConfigError(
+                f"max_trials must be >= 0 (0: only create the study), got {max_trials}"
+            )
         optuna = self.optuna
         report = WorkReport()
         data, loaded = self.data, False
