@@ -38,6 +38,7 @@ VARIANTS: dict[str, list[dict[str, object]]] = {
         {"predictor_loss": "sl"},
     ],
     "bp": [{"__model__": "cnn_3block"}, {"lr_cooldown": True}],
+    "fg": [{"tangents": 3}, {"tangents": 3, "combine": "project"}, {"__model__": "cnn_3block"}],
 }
 
 

@@ -165,9 +165,11 @@ def _storages(tensors: Iterable[Any]) -> Iterable[torch.UntypedStorage]:
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.layout == torch.strided:
             try:
-                yield t.untyped_storage()
-            except (RuntimeError, NotImplementedError):  # e.g. tensors without storage
+                storage = t.untyped_storage()
+                storage.data_ptr()  # forward AD's zero tangents (_efficientzerotensor) have none
+            except (RuntimeError, NotImplementedError):  # tensors without storage: no memory
                 continue
+            yield storage
 
 
 def storage_bytes(tensors: Iterable[Any]) -> int:
