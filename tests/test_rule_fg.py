@@ -77,3 +77,31 @@ def test_batchnorm_network_uses_dual_numbers_with_the_same_derivative() -> None:
     d = sum((g * t).sum() for g, t in zip(grad, v, strict=True))
     for p, t in zip(rule.net.parameters(), v, strict=True):
         torch.testing.assert_close(p.grad, d * t, rtol=1e-3, atol=1e-5)
+
+
+def test_fg_guess_projects_the_global_gradient_on_each_local_guess() -> None:
+    """G_j = <grad_j L, g_j> / |g_j|^2 g_j, with grad_j L by reverse mode here (the reference)."""
+    case = RuleCase("fg_guess", "mlp_2x8", {"weight_decay": 0.0})
+    rule = case.make()
+    batch = _batch(case)
+    blocks, y = rule.model.blocks, batch.y
+    full = F.cross_entropy(rule.head(rule.model(batch.x)), y)
+    global_grads = [
+        torch.autograd.grad(full, list(b.parameters()), retain_graph=True) for b in blocks
+    ]
+    expected = []
+    h = batch.x
+    for j, block in enumerate(blocks):
+        a = block(h)
+        guess = torch.autograd.grad(F.cross_entropy(rule.aux[j](a), y), list(block.parameters()))
+        s = sum((g * t).sum() for g, t in zip(global_grads[j], guess, strict=True))
+        norm2 = sum(t.pow(2).sum() for t in guess)
+        expected.append([t * s / (norm2 + rule.hp.eps_norm) for t in guess])
+        h = a.detach()
+    head_grad = torch.autograd.grad(F.cross_entropy(rule.head(h), y), list(rule.head.parameters()))
+    rule.train_step(batch)
+    for block, want in zip(blocks, expected, strict=True):
+        for p, w in zip(block.parameters(), want, strict=True):
+            torch.testing.assert_close(p.grad, w, rtol=1e-4, atol=1e-7)
+    for p, w in zip(rule.head.parameters(), head_grad, strict=True):
+        torch.testing.assert_close(p.grad, w)
