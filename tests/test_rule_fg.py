@@ -105,3 +105,31 @@ def test_fg_guess_projects_the_global_gradient_on_each_local_guess() -> None:
             torch.testing.assert_close(p.grad, w, rtol=1e-4, atol=1e-7)
     for p, w in zip(rule.head.parameters(), head_grad, strict=True):
         torch.testing.assert_close(p.grad, w)
+
+
+def test_fg_local_update_is_the_block_vjp_of_the_activity_forward_gradient() -> None:
+    """Block j gets vjp(block_j, d * u / B), d[i] = grad_{a[i]} l[i] . u[i] (reverse mode here)."""
+    case = RuleCase("fg_local", "mlp_2x8")
+    rule = case.make()
+    batch = _batch(case)
+    state = rule.generator.get_state()
+    expected, h = [], batch.x
+    for j, block in enumerate(rule.model.blocks):
+        params = list(block.parameters())
+        a = block(h)
+        u = torch.randn(a.shape, generator=rule.generator)
+        per_sample = F.cross_entropy(rule.aux[j](a), batch.y, reduction="none")
+        grad_a = torch.autograd.grad(per_sample.sum(), a, retain_graph=True)[0]
+        d = (grad_a * u).sum(1, keepdim=True)
+        block_grads = torch.autograd.grad(a, params, grad_outputs=d * u / a.shape[0])
+        h = a.detach()
+        local = F.cross_entropy(rule.aux[j](h), batch.y)
+        aux_grads = torch.autograd.grad(local, list(rule.aux[j].parameters()))
+        expected.append((block_grads, aux_grads))
+    rule.generator.set_state(state)
+    rule.train_step(batch)
+    for j, (block_grads, aux_grads) in enumerate(expected):
+        for p, w in zip(rule.model.blocks[j].parameters(), block_grads, strict=True):
+            torch.testing.assert_close(p.grad, w, rtol=1e-4, atol=1e-7)
+        for p, w in zip(rule.aux[j].parameters(), aux_grads, strict=True):
+            torch.testing.assert_close(p.grad, w, rtol=1e-4, atol=1e-7)
