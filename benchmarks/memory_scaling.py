@@ -73,6 +73,7 @@ def main() -> int:
     ap.add_argument("--batch-model", default="mlp_4x2000")
     ap.add_argument("--quick", action="store_true", help="tiny sizes on digits (a smoke test)")
     ap.add_argument("--write", help="Markdown file for the tables (a PNG is written beside it)")
+    ap.add_argument("--rules", help="only these rules (comma-separated; backprop is always in)")
     args = ap.parse_args()
     if args.quick:
         args.dataset, args.depths, args.width = "digits", "2,4", 64
@@ -80,8 +81,11 @@ def main() -> int:
     depths = [int(d) for d in args.depths.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     bp = baseline_rule()
-    mlp_rules = [r for r, cls in RULES.items() if "mlp" in cls.info.families]
-    cnn_only = [r for r, cls in RULES.items() if "mlp" not in cls.info.families]
+    chosen = {bp, *args.rules.split(",")} if args.rules else set(RULES.names())
+    for name in chosen:
+        RULES.get(name)  # an unknown name: an error with suggestions
+    mlp_rules = [r for r, cls in RULES.items() if "mlp" in cls.info.families and r in chosen]
+    cnn_only = [r for r, cls in RULES.items() if "mlp" not in cls.info.families and r in chosen]
     depth: dict[str, list[int]] = {}
     for rule in mlp_rules:
         depth[rule] = []
