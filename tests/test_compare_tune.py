@@ -26,7 +26,7 @@ from bpfree.comparison import compare
 from bpfree.sweeps import open_storage
 from sweep_helpers import assert_exactly_n, load_trials, worker_env
 
-optuna = pytest.importorskip("optuna")
+optuna = pytest.importorskip("optuna", reason="sweeps need the 'sweep' extra (optuna)")
 PG = os.environ.get("BPFREE_TEST_POSTGRES")
 TINY: dict[str, Any] = dict(dataset="digits", epochs=2, device="cpu", progress=False)
 FLAGS = ["--dataset", "digits", "--epochs", "2", "--device", "cpu", "--quiet"]

@@ -23,7 +23,7 @@ import pytest
 from bpfree.sweeps import open_storage
 from sweep_helpers import assert_exactly_n, worker_env
 
-optuna = pytest.importorskip("optuna")
+optuna = pytest.importorskip("optuna", reason="sweeps need the 'sweep' extra (optuna)")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "sweeps.md"
 PG = os.environ.get("BPFREE_TEST_POSTGRES")
 BIN = Path(sys.executable).parent

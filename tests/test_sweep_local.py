@@ -22,7 +22,7 @@ from sweep_helpers import (
     study_name,
 )
 
-optuna = pytest.importorskip("optuna")
+optuna = pytest.importorskip("optuna", reason="sweeps need the 'sweep' extra (optuna)")
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,7 @@ from sweep_helpers import (
     wait_all,
 )
 
-optuna = pytest.importorskip("optuna")
+optuna = pytest.importorskip("optuna", reason="sweeps need the 'sweep' extra (optuna)")
 URL = os.environ.get("BPFREE_TEST_POSTGRES")
 pytestmark = pytest.mark.skipif(
     not URL,

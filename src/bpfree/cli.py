@@ -97,8 +97,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     values.update({k: v for k, v in flags.items() if v is not None})
     config = TrainConfig.build(apply_sets(values, args.set))
     out = args.out
-    if out is not None and not out.strip():
-        raise BpfreeError("--out is empty; give the run directory to write")
     if out is None:
         if args.resume:
             raise BpfreeError("--resume needs --out (the run directory to continue)")

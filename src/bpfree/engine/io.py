@@ -51,7 +51,7 @@ def save_torch(path: Path, obj: Any) -> None:
 
 
 # What the files bpfree reads back must hold (field: type); more fields may follow.
-RESULT_FIELDS: dict[str, type | tuple[type, ...]] = {
+RESULT_FIELDS: dict[str, type] = {
     "status": str,
     "rule": str,
     "model": str,
@@ -61,22 +61,22 @@ RESULT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "cost": dict,
     "config": dict,
 }
-MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
+MANIFEST_FIELDS: dict[str, type] = {
     "dataset": str,
     "digest": str,
     "entries": list,
     "runs": list,
 }
-ENTRY_FIELDS: dict[str, type | tuple[type, ...]] = {
+ENTRY_FIELDS: dict[str, type] = {
     "label": str,
     "rule": str,
     "model": str,
     "twin": str,
 }
-PLANNED_FIELDS: dict[str, type | tuple[type, ...]] = {"key": str, "label": str, "config": dict}
+PLANNED_FIELDS: dict[str, type] = {"key": str, "label": str, "config": dict}
 
 
-def read_json(path: Path, fields: dict[str, type | tuple[type, ...]] | None = None) -> Any:
+def read_json(path: Path, fields: dict[str, type] | None = None) -> Any:
     """A JSON file bpfree wrote; a corrupt one is a one-line error naming it and the fix.
 
     ``fields``: the file must hold an object with these fields of these types.
@@ -91,19 +91,14 @@ def read_json(path: Path, fields: dict[str, type | tuple[type, ...]] | None = No
     return data
 
 
-def check_fields(data: Any, fields: dict[str, type | tuple[type, ...]], path: Path) -> None:
+def check_fields(data: Any, fields: dict[str, type], path: Path) -> None:
     """``data`` is an object with ``fields`` of their types, or ``path`` is named as corrupt."""
     if not isinstance(data, dict):
         raise _corrupt(path, f"a {type(data).__name__} where an object belongs")
     for name, kind in fields.items():
         value = data.get(name)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise _corrupt(path, f"field {name!r} is missing or not a {_names(kind)}")
-
-
-def _names(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            raise _corrupt(path, f"field {name!r} is missing or not a {kind.__name__}")
 
 
 def _corrupt(path: Path, why: str) -> ConfigError:
