@@ -26,7 +26,7 @@ from bpfree.engine.build import phase_plan
 from bpfree.errors import ConfigError, split_commas, suggest
 from bpfree.models import MODELS
 from bpfree.rules import RULES, baseline_rule, parse_value
-from bpfree.rules.toolkit import OPTIMIZER_FIELDS
+from bpfree.rules.toolkit import OPTIMIZER_FIELDS, OPTIONAL_OPTIMIZER_FIELDS, OptimizerSettings
 
 BASELINE = baseline_rule()  # the backprop twin of every rule
 TWIN_MODES = ("matched", "own")
@@ -103,10 +103,17 @@ def parse_entries(
     return entries
 
 
+OPTIMIZER_DEFAULTS = OptimizerSettings().to_dict()
+
+
 def matched_settings(entry: Entry) -> dict[str, Any]:
     """The optimizer settings of the entry's rule (its defaults with the entry's overrides)."""
     hp = RULES.get(entry.rule).Hparams.from_dict(dict(entry.hparams), rule=entry.rule).to_dict()
-    return {k: hp[k] for k in OPTIMIZER_FIELDS if k in hp}
+    return {
+        k: hp[k]
+        for k in OPTIMIZER_FIELDS
+        if k in hp and (k not in OPTIONAL_OPTIMIZER_FIELDS or hp[k] != OPTIMIZER_DEFAULTS[k])
+    }
 
 
 def assign_twins(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -32,11 +33,15 @@ class ModelEntry:
 
 
 class BlockNet(nn.Module):
-    """A stack of blocks; ``block_dims[i]`` is the flattened output size of block i."""
+    """A stack of blocks; ``block_dims[i]`` is the flattened output size of block i. ``bias``
+    says whether the network has biases: a head added by a rule follows it."""
 
-    def __init__(self, spec: ModelSpec, blocks: list[nn.Module], block_dims: list[int]) -> None:
+    def __init__(
+        self, spec: ModelSpec, blocks: list[nn.Module], block_dims: list[int], bias: bool = True
+    ) -> None:
         super().__init__()
         self.spec = spec
+        self.bias = bias
         self.blocks = nn.ModuleList(blocks)
         self.block_dims = list(block_dims)
 
@@ -55,14 +60,23 @@ class BlockNet(nn.Module):
 
 
 class DenseBlock(nn.Module):
-    """flatten -> Linear -> ReLU; ``linear`` is exposed for rules that need z = W a + b."""
+    """flatten -> Linear -> ReLU (-> dropout); ``linear`` is exposed for rules that need
+    z = W a + b, ``p_drop`` for rules that draw their own dropout masks (PEPITA shares one mask
+    between its two passes). Dropout is inverted (kept units scaled by 1 / (1 - p)) and acts in
+    training mode only, as ``nn.Dropout``."""
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, *, bias: bool = True, p_drop: float = 0.0
+    ) -> None:
         super().__init__()
-        self.linear = nn.Linear(in_features, out_features)
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self.p_drop = p_drop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.linear(x.flatten(1)))  # (B, in) -> (B, out)
+        a = torch.relu(self.linear(x.flatten(1)))  # (B, in) -> (B, out)
+        if self.p_drop > 0:
+            a = F.dropout(a, self.p_drop, self.training)
+        return a
 
 
 class ConvBlock(nn.Module):

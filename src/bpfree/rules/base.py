@@ -31,7 +31,7 @@ from bpfree.errors import ConfigError
 from bpfree.models import MODELS, BlockNet
 from bpfree.registry import Registry
 from bpfree.rules.hparams import Hparams
-from bpfree.rules.toolkit.optim import schedule_phase
+from bpfree.rules.toolkit.optim import drop_fractions, schedule_phase
 
 ReverseAD = Literal["none", "within_block", "global"]
 ANY_KIND = "*"  # a native network for every dataset kind
@@ -137,12 +137,16 @@ class Rule(ABC):
 
     def start_phase(self, phase: Phase, train_x: torch.Tensor, train_y: torch.Tensor) -> None:
         """What the trainer calls at a phase's start: the rule's ``begin_phase``, then the
-        step-size schedule of its optimizers over the phase's steps (``lr_cooldown``)."""
+        step-size schedule of its optimizers over the phase's steps (``lr_cooldown``,
+        ``lr_drops``)."""
         self.begin_phase(phase, train_x, train_y)
-        if getattr(self.hp, "lr_cooldown", False):
+        cooldown = bool(getattr(self.hp, "lr_cooldown", False))
+        drops = drop_fractions(str(getattr(self.hp, "lr_drops", "")))
+        if cooldown or drops:
             steps_per_epoch = -(-int(train_x.shape[0]) // self.hp.batch_size)
             for opt in self.optimizers().values():
-                schedule_phase(opt, (phase.max_epochs or 0) * steps_per_epoch)
+                total = (phase.max_epochs or 0) * steps_per_epoch
+                schedule_phase(opt, total, cooldown=cooldown, drops=drops)
 
     @abstractmethod
     def train_step(self, batch: Batch) -> torch.Tensor:
@@ -183,6 +187,11 @@ class Rule(ABC):
             if name in state["optimizers"]:
                 opt.load_state_dict(state["optimizers"][name])
         self.load_extra_state(state["extra"])
+
+    def forward_passes(self) -> int:
+        """Forward passes per training step under these settings (the conformance suite checks
+        it); ``info.forward_passes_per_step`` unless an option changes it."""
+        return self.info.forward_passes_per_step
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.modules.parameters())

@@ -56,7 +56,7 @@ class Backprop(Rule):
 
     def build(self) -> None:
         assert self.model is not None
-        self.head = nn.Linear(self.model.out_dim, self.num_classes)
+        self.head = nn.Linear(self.model.out_dim, self.num_classes, bias=self.model.bias)
         self.modules["head"] = self.head
         self.opt = self.hp.optimizer_for(self.modules.parameters())
 

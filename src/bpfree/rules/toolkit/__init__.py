@@ -14,7 +14,9 @@ from bpfree.rules.hparams import Hparams, at_least, in_range, nonnegative, posit
 from bpfree.rules.toolkit.feedback import (
     FixedRandom,
     dense_activations,
+    dropout_masks,
     output_error,
+    refuse_dropout,
     relu_mask,
     set_linear_grad,
 )
@@ -22,6 +24,7 @@ from bpfree.rules.toolkit.local import layer_by_layer, local_heads
 from bpfree.rules.toolkit.losses import sparsemax, sparsemax_loss
 from bpfree.rules.toolkit.optim import (
     OPTIMIZER_FIELDS,
+    OPTIONAL_OPTIMIZER_FIELDS,
     OptimizerName,
     OptimizerSettings,
     cooldown_factor,
@@ -32,6 +35,7 @@ from bpfree.rules.toolkit.optim import (
 
 __all__ = [
     "OPTIMIZER_FIELDS",
+    "OPTIONAL_OPTIMIZER_FIELDS",
     "FixedRandom",
     "Hparams",
     "OptimizerName",
@@ -39,6 +43,7 @@ __all__ = [
     "at_least",
     "cooldown_factor",
     "dense_activations",
+    "dropout_masks",
     "in_range",
     "layer_by_layer",
     "local_heads",
@@ -46,6 +51,7 @@ __all__ = [
     "nonnegative",
     "output_error",
     "positive",
+    "refuse_dropout",
     "relu_mask",
     "schedule_phase",
     "set_linear_grad",

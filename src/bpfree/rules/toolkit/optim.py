@@ -19,10 +19,23 @@ from typing import Any, Literal
 
 import torch
 
+from bpfree.errors import ConfigError
 from bpfree.rules.hparams import Hparams, at_least, nonnegative, positive
 
 OptimizerName = Literal["adam", "adamw", "sgd"]
-OPTIMIZER_FIELDS = ("optimizer", "lr", "weight_decay", "momentum", "batch_size", "lr_cooldown")
+OPTIMIZER_FIELDS = (
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "momentum",
+    "batch_size",
+    "lr_cooldown",
+    "lr_drops",
+)
+# Fields a matched twin takes over only when they are set (so comparisons planned before the
+# field existed keep their digest).
+OPTIONAL_OPTIMIZER_FIELDS = ("lr_drops",)
+DROP_FACTOR = 0.1  # the step-size multiplier at each of ``lr_drops``
 
 
 def make_optimizer(
@@ -53,6 +66,17 @@ class OptimizerSettings(Hparams):
     # Linear cool-down over the second half of each phase (Hinton's FF code, the loeweX port):
     # lr for the first half of the phase's T steps, then lr * 2 (T - t) / T at step t.
     lr_cooldown: bool = False
+    # Step drops: comma-separated fractions of each phase's steps after which the step size is
+    # multiplied by 0.1 (e.g. "0.6,0.9": PEPITA's drops at epochs 60 and 90 of 100, scaled to
+    # the run's budget); "" for none.
+    lr_drops: str = ""
+
+    def validate(self) -> None:
+        super().validate()
+        drop_fractions(self.lr_drops)
+
+    def drops(self) -> tuple[float, ...]:
+        return drop_fractions(self.lr_drops)
 
     def optimizer_for(
         self, params: Iterable[Any], *, lr: float | None = None, weight_decay: float | None = None
@@ -69,7 +93,28 @@ class OptimizerSettings(Hparams):
 
     def optimizer_settings(self) -> dict[str, Any]:
         """The fields a matched backprop twin takes over from this rule."""
-        return {k: getattr(self, k) for k in OPTIMIZER_FIELDS}
+        defaults = OptimizerSettings()
+        return {
+            k: getattr(self, k)
+            for k in OPTIMIZER_FIELDS
+            if k not in OPTIONAL_OPTIMIZER_FIELDS or getattr(self, k) != getattr(defaults, k)
+        }
+
+
+def drop_fractions(text: str) -> tuple[float, ...]:
+    """The fractions of ``lr_drops`` ("0.6,0.9"), increasing, each in (0, 1); ConfigError
+    otherwise."""
+    if not text.strip():
+        return ()
+    try:
+        fractions = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"lr_drops must be comma-separated fractions such as 0.6,0.9, got {text!r}"
+        ) from None
+    if any(not 0 < f < 1 for f in fractions) or list(fractions) != sorted(set(fractions)):
+        raise ConfigError(f"lr_drops must be increasing fractions in (0, 1), got {text!r}")
+    return fractions
 
 
 def suggest_optimizer(
@@ -91,6 +136,7 @@ def suggest_optimizer(
 
 
 _BASE, _STEP, _TOTAL = "bpfree_base_lr", "bpfree_step", "bpfree_phase_steps"
+_COOL, _DROPS = "bpfree_cooldown", "bpfree_drops"
 
 
 def cooldown_factor(step: int, total: int) -> float:
@@ -99,18 +145,36 @@ def cooldown_factor(step: int, total: int) -> float:
     return min(1.0, 2.0 * max(total - step, 1) / total)
 
 
-def _cooldown_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+def drop_factor(step: int, total: int, drops: tuple[float, ...] | list[float]) -> float:
+    """0.1 to the number of drop points (fractions of ``total``) that step ``step`` has passed."""
+    return DROP_FACTOR ** sum(step >= round(f * total) for f in drops)
+
+
+def _schedule_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     for group in opt.param_groups:
-        if group.get(_TOTAL, 0) > 0:
-            group["lr"] = group[_BASE] * cooldown_factor(group[_STEP], group[_TOTAL])
+        total = group.get(_TOTAL, 0)
+        if total > 0:
+            step, factor = group[_STEP], drop_factor(group[_STEP], total, group.get(_DROPS, ()))
+            if group.get(_COOL, True):
+                factor *= cooldown_factor(step, total)
+            group["lr"] = group[_BASE] * factor
             group[_STEP] += 1
 
 
-def schedule_phase(opt: torch.optim.Optimizer, total_steps: int) -> None:
-    """Cool the step size of ``opt`` down over the ``total_steps`` steps of a phase."""
+def schedule_phase(
+    opt: torch.optim.Optimizer,
+    total_steps: int,
+    *,
+    cooldown: bool = True,
+    drops: tuple[float, ...] = (),
+) -> None:
+    """Schedule the step size of ``opt`` over the ``total_steps`` steps of a phase: the linear
+    cool-down of its second half (``cooldown``) and/or a x0.1 drop at each fraction of
+    ``drops``."""
     if not getattr(opt, "_bpfree_cooldown", False):
-        opt.register_step_pre_hook(_cooldown_hook)
+        opt.register_step_pre_hook(_schedule_hook)
         opt._bpfree_cooldown = True  # type: ignore[attr-defined]
     for group in opt.param_groups:
         group.setdefault(_BASE, group["lr"])
         group[_STEP], group[_TOTAL] = 0, total_steps
+        group[_COOL], group[_DROPS] = cooldown, list(drops)
