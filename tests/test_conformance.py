@@ -20,8 +20,8 @@ KIND = DATASETS.get("digits").kind
 def small_native(rule: str) -> str:
     """The rule's native network for digits; an MLP at width 32 (same depth)."""
     model = RULES.get(rule).info.native_model(KIND)
-    mlp = re.fullmatch(r"mlp_(\d+)x\d+", model)
-    return f"mlp_{mlp.group(1)}x32" if mlp else model
+    mlp = re.fullmatch(r"mlp_(\d+)x\d+(.*)", model)
+    return f"mlp_{mlp.group(1)}x32{mlp.group(2)}" if mlp else model
 
 
 # Options whose code paths differ enough to need their own run of the suite.
@@ -39,6 +39,14 @@ VARIANTS: dict[str, list[dict[str, object]]] = {
     ],
     "bp": [{"__model__": "cnn_3block"}, {"lr_cooldown": True}],
     "fg": [{"tangents": 3}, {"tangents": 3, "combine": "project"}, {"__model__": "cnn_3block"}],
+    "pepita": [{"last_error": "standard"}, {"__model__": "mlp_2x32"}],
+    "foton": [{"__model__": "mlp_3x32"}],
+    "tpsgd": [{"loss": "l1"}],
+    "predsim": [
+        {"loss": "pred"},
+        {"loss": "sim"},
+        {"__model__": "cnn_3block", "dim_in_decoder": 128},
+    ],
 }
 
 

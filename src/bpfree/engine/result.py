@@ -13,15 +13,16 @@ from bpfree.meters.base import Reading, format_reading
 from bpfree.rules import Rule, RuleInfo
 
 
-def rule_card(info: RuleInfo) -> dict[str, Any]:
-    """A rule's declared properties, as stored with every result."""
+def rule_card(info: RuleInfo, forward_passes: int | None = None) -> dict[str, Any]:
+    """A rule's declared properties, as stored with every result (``forward_passes``: the count
+    under the run's settings, :meth:`Rule.forward_passes`)."""
     return {
         "title": info.title,
         "citation": info.citation,
         "reverse_ad": info.reverse_ad,
         "backward_locking": info.backward_locking,
         "weight_transport": info.weight_transport,
-        "forward_passes_per_step": info.forward_passes_per_step,
+        "forward_passes_per_step": forward_passes or info.forward_passes_per_step,
         "rule_version": info.rule_version,
     }
 
@@ -152,7 +153,7 @@ def build_result(
         metrics=metrics,
         cost={k: r.to_dict() for k, r in cost.items()},
         config=config.to_dict(),
-        rule_info=rule_card(rule.info),
+        rule_info=rule_card(rule.info, rule.forward_passes()),
         data=data.info,
         run_dir=run_dir,
     )

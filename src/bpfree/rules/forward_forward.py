@@ -274,6 +274,9 @@ class ForwardForward(Rule):
         return bces
 
     # ---- inference -----------------------------------------------------------------------
+    def forward_passes(self) -> int:
+        return 3 if self.hp.predict_mode == "classifier" else 2  # + the classifier's pass
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)  # (B, D)
         b, c = x.shape[0], self.num_classes

@@ -19,8 +19,9 @@ is made (``reverse_ad = "none"``, checked by the conformance suite), no weight i
 and no layer waits for another after the single forward pass (``backward_locking = False``).
 
 Options:
-  * ``tangents = k``: k independent tangents per step (k jvp passes, ``forward_passes_per_step``
-    counts one). ``combine = "mean"`` averages the k forward gradients (unbiased, variance / k);
+  * ``tangents = k``: k independent tangents per step (k jvp passes; ``forward_passes()`` and
+    the stored rule card say k). ``combine = "mean"`` averages the k forward gradients
+    (unbiased, variance / k);
     ``combine = "project"`` uses the orthogonal projection of grad f onto span(v_1..v_k),
     V (V^T V)^-1 d, as in Flügel et al. 2025 ("Beyond Backpropagation: Optimization with
     Multi-Tangent Forward Gradients", arXiv 2410.17764): exact along the span, biased towards
@@ -181,6 +182,9 @@ class ForwardGradient(Rule):
             ]
         )
         return torch.linalg.solve(gram, d)
+
+    def forward_passes(self) -> int:
+        return self.hp.tangents  # one jvp per tangent
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -16,6 +16,10 @@ raises ``AssertionError`` with a message saying what was wrong:
   predictions and an identical next step;
 * ``check_reverse_ad_claim``: a rule declaring ``reverse_ad = "none"`` makes zero autograd
   backward calls (``torch.autograd.backward``/``grad``, ``Tensor.backward``);
+* ``check_weight_transport_claim``: a rule declaring ``weight_transport = False`` never uses a
+  forward weight of the body or its head in the backward direction (watched at the aten level);
+* ``check_forward_passes_claim``: the body's first layer sees at most
+  ``rule.forward_passes()`` batches per training step (the declared count under its settings);
 * ``check_phases_before_setup``: ``phases()`` needs only the hyperparameters and the model, so
   the budget can be checked before a run (on a model without memory), and gives the same
   phases as the set-up rule.
@@ -40,6 +44,7 @@ from bpfree.config import TrainConfig
 from bpfree.data import DataBundle
 from bpfree.engine.build import build_rule, load_data, phase_plan
 from bpfree.rules import Batch, Phase, Rule, baseline_rule
+from bpfree.testing.properties import count_rows, first_layer, watch_transport
 
 
 @lru_cache(maxsize=4)
@@ -297,6 +302,35 @@ def check_reverse_ad_claim(case: RuleCase) -> None:
         )
 
 
+def check_weight_transport_claim(case: RuleCase) -> None:
+    """A rule declaring weight_transport=False never sends an error backwards through a forward
+    weight of the body or its head (see :mod:`bpfree.testing.properties`)."""
+    rule = case.make()
+    if rule.info.weight_transport:
+        return
+    with watch_transport(rule) as uses:
+        _phases(case, rule, 2)
+    assert not uses, f"{case}: declares weight_transport=False but used {sorted(set(uses))[:3]}"
+
+
+def check_forward_passes_claim(case: RuleCase) -> None:
+    """The body's first layer sees at most ``rule.forward_passes()`` batches per step."""
+    rule = case.make()
+    data, steps = case.data, 2
+    declared = rule.forward_passes()
+    for phase in rule.phases():
+        rule.train()
+        rule.start_phase(phase, data.train_x, data.train_y)  # (feature caches are built here)
+        with count_rows(first_layer(rule)) as rows:
+            for step in range(steps):
+                rule.train_step(case.batch(step))
+        passes = sum(rows) / (steps * case.batch_size)
+        assert passes <= declared, (
+            f"{case}: declares {declared} forward passes per step but its first layer saw "
+            f"{passes:g} batches per step in phase {phase.name}"
+        )
+
+
 def check_phases_before_setup(case: RuleCase) -> None:
     """The budget check's phases (no memory, no set-up) are the set-up rule's phases."""
     planned = [(p.name, p.index) for p in phase_plan(case.config())]
@@ -311,6 +345,8 @@ CHECKS: tuple[Callable[[RuleCase], None], ...] = (
     check_deterministic,
     check_state_roundtrip,
     check_reverse_ad_claim,
+    check_weight_transport_claim,
+    check_forward_passes_claim,
     check_phases_before_setup,
 )
 

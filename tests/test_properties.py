@@ -1,0 +1,85 @@
+"""The property checks of the conformance suite catch what they are meant to catch: backprop's
+weight transport (dense and convolutional), a feedback-alignment step cheating with the forward
+weights, and a rule passing more batches through its first layer than it declares."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+
+from bpfree.rules.feedback_alignment import FeedbackAlignment
+from bpfree.rules.pepita import PEPITA
+from bpfree.testing.conformance import (
+    RuleCase,
+    check_forward_passes_claim,
+    check_weight_transport_claim,
+)
+from bpfree.testing.properties import count_rows, first_layer, watch_transport
+
+REAL_BUILD = FeedbackAlignment.build
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [("mlp_2x16", "contracted over its output dimension"), ("cnn_3block", "input gradient")],
+)
+def test_backprop_is_seen_sending_errors_through_its_forward_weights(
+    model: str, expected: str
+) -> None:
+    case = RuleCase("bp", model)
+    rule = case.make()
+    rule.train()
+    with watch_transport(rule) as uses:
+        rule.train_step(case.batch(0))
+    assert any(expected in use for use in uses) and "head.weight" in " ".join(uses), uses
+    # the first layer's input gradient is never needed: only layers above it transport
+    assert not any("blocks.0." in use for use in uses)
+
+
+def _cheating_build(self: FeedbackAlignment) -> None:
+    """FA's build, then its feedback matrices replaced by views of the forward weights above."""
+    REAL_BUILD(self)
+    above = [*(b.linear.weight for b in self.model.blocks[1:]), self.head.weight]
+    for k, w in enumerate(above):
+        setattr(self.feedback, f"b{k}", w.detach().t())  # shares W_{l+1}'s storage
+
+
+def test_feedback_alignment_with_its_forward_weights_as_feedback_is_caught() -> None:
+    case = RuleCase("fa", "mlp_2x16")
+    check_weight_transport_claim(case)  # the real rule: fixed random matrices
+    with mock.patch.object(FeedbackAlignment, "build", _cheating_build):
+        rule = case.make()
+        rule.train()
+        with watch_transport(rule) as uses:
+            rule.train_step(case.batch(0))
+        assert any("blocks.1.linear.weight" in u for u in uses), uses
+        assert any("head.weight" in u for u in uses), uses
+        with pytest.raises(AssertionError, match="weight_transport=False"):
+            check_weight_transport_claim(case)
+
+
+def test_a_rule_declaring_fewer_forward_passes_than_it_makes_is_caught() -> None:
+    case = RuleCase("pepita", "mlp_1x16_nobias")
+    rule = case.make()
+    rule.train()
+    with count_rows(first_layer(rule)) as rows:
+        rule.train_step(case.batch(0))
+    assert sum(rows) == 2 * case.batch_size  # the standard and the modulated pass
+    check_forward_passes_claim(case)
+    with (
+        mock.patch.object(PEPITA, "forward_passes", lambda self: 1),
+        pytest.raises(AssertionError, match="saw 2 batches per step"),
+    ):
+        check_forward_passes_claim(case)
+
+
+def test_rows_are_counted_through_a_jvp() -> None:
+    case = RuleCase("fg", "mlp_2x16", {"tangents": 3})
+    rule = case.make()
+    rule.train()
+    with count_rows(first_layer(rule)) as rows:
+        rule.train_step(case.batch(0))
+    assert sum(rows) == 3 * case.batch_size
+    assert torch.is_tensor(rule.model.blocks[0].linear.weight)
