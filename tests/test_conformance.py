@@ -42,6 +42,7 @@ VARIANTS: dict[str, list[dict[str, object]]] = {
     "pepita": [{"last_error": "standard"}, {"__model__": "mlp_2x32"}],
     "foton": [{"__model__": "mlp_3x32"}],
     "tpsgd": [{"loss": "l1"}],
+    "sign_symmetry": [{"variant": "brsf"}, {"variant": "frsf"}, {"__model__": "mlp_2x32"}],
     "predsim": [
         {"loss": "pred"},
         {"loss": "sim"},

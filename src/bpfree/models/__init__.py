@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from bpfree.models.base import BlockNet, ConvBlock, DenseBlock, ModelEntry, ModelSpec
 from bpfree.models.cnn import CNN_3BLOCK
+from bpfree.models.lenet import LENET5
 from bpfree.models.mlp import MLP_DISPLAY, MLP_EXAMPLES, MLP_PATTERN, resolve_mlp
 from bpfree.registry import Registry
 
 MODELS: Registry[ModelEntry] = Registry("model")
 MODELS.register(CNN_3BLOCK.name, CNN_3BLOCK)
+MODELS.register(LENET5.name, LENET5)
 
 
 MODELS.register_pattern(MLP_PATTERN, resolve_mlp, MLP_DISPLAY, examples=MLP_EXAMPLES)
