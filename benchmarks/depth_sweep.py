@@ -56,7 +56,7 @@ def cell(values: list[float]) -> str:
 
 def table(out: Path, rules: list[str], depths: list[int]) -> str:
     lines = [
-        "| rule | hidden layers | model | rule test acc % | twin test acc % | Δ (pp) | runs not completed |",
+        "| rule | hidden layers | model | rule test acc % | twin test acc % | Δ (pp) | failed |",
         "|---|---|---|---|---|---|---|",
     ]
     for rule in rules:

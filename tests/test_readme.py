@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bpfree.data import DATASETS, locate
+from bpfree.rules import RULES
 
 ROOT = Path(__file__).resolve().parents[1]
 CHEAP = {
@@ -93,3 +94,15 @@ def test_readme_python_example_runs(workdir: Path) -> None:
             text=True,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_readme_rule_table_lists_every_registered_rule() -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Rules and models", 1)[1].split("\n\n", 2)[1]
+    listed = re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M)
+    assert sorted(listed) == sorted(RULES.names())
+    for name in listed:  # the native model column agrees with the rule's declaration
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{name}` |"))
+        native = set(RULES.get(name).info.native.values())
+        if not RULES.get(name).info.baseline:
+            assert all(f"`{model}`" in row.rsplit("|", 2)[1] for model in native), row
