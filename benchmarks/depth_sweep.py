@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import bpfree
-from bpfree.engine.environment import describe
 from bpfree.rules import RULES
 
 
@@ -80,6 +79,62 @@ def table(out: Path, rules: list[str], depths: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def machines(out: Path, depths: list[int]) -> str:
+    """Where the runs ran, from their env.json files: machine, torch threads and commit."""
+    seen: dict[str, int] = {}
+    for depth in depths:
+        for env in sorted((out / f"d{depth}" / "runs").glob("*/env.json")):
+            e = json.loads(env.read_text())
+            key = (
+                f"{e['cpu']}, {e['cpu_count']} cores, {e['torch_threads']} torch thread(s), "
+                f"torch {e['torch']}, commit {e['git_sha'][:7]}"
+            )
+            seen[key] = seen.get(key, 0) + 1
+    return "".join(f"\nRuns: {n} on {key}." for key, n in seen.items()) + "\n"
+
+
+def best(accs: dict[float, float | None]) -> str:
+    """The best accuracy of an lr grid, with its lr ("all diverged" if none completed)."""
+    done = {lr: a for lr, a in accs.items() if a is not None}
+    if not done:
+        return "all diverged" if accs else "n/a"
+    lr = max(done, key=lambda k: done[k])
+    return f"{done[lr]:.2f} ({lr:g})"
+
+
+def grid_table(out: Path, rules: list[str], depths: list[int]) -> str:
+    """Best validation accuracy over each comparison's learning-rate grid (its first seed), for
+    every rule and twin: selection on validation only, no test accuracy involved."""
+    lines = [
+        "| rule | hidden layers | rule: best val acc % (lr) | twin: best val acc % (lr) "
+        "| rule val acc % at each lr |",
+        "|---|---|---|---|---|",
+    ]
+    for rule in rules:
+        for depth in depths:
+            folder = out / f"d{depth}"
+            plan = json.loads((folder / "compare.json").read_text())
+            twin = next(e for e in plan["entries"] if e["label"] == rule)["twin"]
+            vals: dict[str, dict[float, float | None]] = {rule: {}, twin: {}}
+            for run in plan.get("lr_grid", {}).get("runs", []):
+                if run["base"] not in vals:
+                    continue
+                path = folder / "runs" / run["key"] / "result.json"
+                if not path.exists():
+                    continue
+                result = json.loads(path.read_text())
+                ok = result["status"] == "completed"
+                acc = 100 * result["metrics"]["val_accuracy"] if ok else None
+                vals[run["base"]][run["lr"]] = acc
+
+            each = ", ".join(
+                f"{lr:g}: " + ("div." if a is None else f"{a:.1f}")
+                for lr, a in sorted(vals[rule].items())
+            )
+            lines.append(f"| {rule} | {depth} | {best(vals[rule])} | {best(vals[twin])} | {each} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rules", default="pepita,foton")
@@ -90,6 +145,7 @@ def main() -> int:
     ap.add_argument("--train-samples", type=int, default=10000)
     ap.add_argument("--out", type=Path, default=Path("runs/depth"))
     ap.add_argument("--write", type=Path, help="Markdown file for the table")
+    ap.add_argument("--lr-grid", default="", help="also train at each lr (first seed, validation)")
     ap.add_argument("--table-only", action="store_true", help="only summarise finished runs")
     args = ap.parse_args()
     rules = [r for r in args.rules.split(",") if r]
@@ -106,16 +162,25 @@ def main() -> int:
             epochs=args.epochs,
             train_samples=args.train_samples,
             models=models,
+            lr_grid=[float(v) for v in args.lr_grid.split(",") if v] or None,
             report=False,
             progress=False,
         )
+    plan = json.loads((args.out / f"d{depths[0]}" / "compare.json").read_text())
+    first = plan["runs"][0]["config"]  # the budget as the comparisons recorded it
     text = (
-        f"Budget: {args.epochs} data passes per run on the first {args.train_samples} "
-        f"training images of {args.dataset}; seeds {args.seeds}; twins matched.\n\n"
+        f"Budget: {first['epochs']} data passes per run on the first {first['train_samples']} "
+        f"training images of {first['dataset']}; seeds {plan['seeds']}; twins "
+        f"{plan['twin_mode']}.\n\n"
         + table(args.out, rules, depths)
-        + "\nMachine: {cpu}, {cpu_count} cores; torch {torch}; commit {git_sha}\n".format(
-            **describe()
+        + (
+            "\nLearning-rate grid (first seed, validation accuracy, best epoch):\n\n"
+            + grid_table(args.out, rules, depths)
+            if args.lr_grid
+            or "lr_grid" in (args.out / f"d{depths[0]}" / "compare.json").read_text()
+            else ""
         )
+        + machines(args.out, depths)
     )
     print(text)
     if args.write:
