@@ -1,9 +1,11 @@
 """The property checks of the conformance suite catch what they are meant to catch: backprop's
 weight transport (dense and convolutional), a feedback-alignment step cheating with the forward
-weights, and a rule passing more batches through its first layer than it declares."""
+weights, a rule passing more batches through its first layer than it declares, and backward
+locking (backprop and FA locked, DFA and Mono-Forward not; FA declaring otherwise is caught)."""
 
 from __future__ import annotations
 
+import dataclasses
 from unittest import mock
 
 import pytest
@@ -13,10 +15,17 @@ from bpfree.rules.feedback_alignment import FeedbackAlignment
 from bpfree.rules.pepita import PEPITA
 from bpfree.testing.conformance import (
     RuleCase,
+    check_backward_locking_claim,
     check_forward_passes_claim,
     check_weight_transport_claim,
 )
-from bpfree.testing.properties import count_rows, first_layer, watch_transport
+from bpfree.testing.properties import (
+    count_rows,
+    first_block_locked,
+    first_layer,
+    watch_locking,
+    watch_transport,
+)
 
 REAL_BUILD = FeedbackAlignment.build
 
@@ -83,3 +92,36 @@ def test_rows_are_counted_through_a_jvp() -> None:
         rule.train_step(case.batch(0))
     assert sum(rows) == 3 * case.batch_size
     assert torch.is_tensor(rule.model.blocks[0].linear.weight)
+
+
+@pytest.mark.parametrize(
+    ("rule", "model", "locked"),
+    [
+        ("bp", "mlp_2x16", True),
+        ("fa", "mlp_2x16", True),  # the error comes down through layer 2's mask and B
+        ("dfa", "mlp_2x16", False),  # straight from the output error
+        ("bp", "cnn_3block", True),
+        ("mf", "mlp_2x16", False),
+    ],
+)
+def test_the_locking_watch_tells_a_layer_by_layer_error_from_a_direct_one(
+    rule: str, model: str, locked: bool
+) -> None:
+    case = RuleCase(rule, model)
+    built = case.make()
+    built.train()
+    batch = case.batch(0)
+    with watch_locking(built, batch.y) as watch:
+        built.train_step(batch)
+    assert bool(first_block_locked(built, watch)) is locked
+
+
+def test_a_rule_declaring_no_backward_locking_while_locked_is_caught() -> None:
+    case = RuleCase("fa", "mlp_2x16")
+    check_backward_locking_claim(case)  # FA declares its locking: nothing to check
+    unlocked = dataclasses.replace(FeedbackAlignment.info, backward_locking=False)
+    with (
+        mock.patch.object(FeedbackAlignment, "info", unlocked),
+        pytest.raises(AssertionError, match="backward_locking=False"),
+    ):
+        check_backward_locking_claim(case)

@@ -18,6 +18,8 @@ raises ``AssertionError`` with a message saying what was wrong:
   backward calls (``torch.autograd.backward``/``grad``, ``Tensor.backward``);
 * ``check_weight_transport_claim``: a rule declaring ``weight_transport = False`` never uses a
   forward weight of the body or its head in the backward direction (watched at the aten level);
+* ``check_backward_locking_claim``: a rule declaring ``backward_locking = False`` computes its
+  first block's gradient from no error that came back through an intermediate block above it;
 * ``check_forward_passes_claim``: the body's first layer sees at most
   ``rule.forward_passes()`` batches per training step (the declared count under its settings);
 * ``check_phases_before_setup``: ``phases()`` needs only the hyperparameters and the model, so
@@ -44,7 +46,13 @@ from bpfree.config import TrainConfig
 from bpfree.data import DataBundle
 from bpfree.engine.build import build_rule, load_data, phase_plan
 from bpfree.rules import Batch, Phase, Rule, baseline_rule
-from bpfree.testing.properties import count_rows, first_layer, watch_transport
+from bpfree.testing.properties import (
+    count_rows,
+    first_block_locked,
+    first_layer,
+    watch_locking,
+    watch_transport,
+)
 
 
 @lru_cache(maxsize=4)
@@ -313,6 +321,26 @@ def check_weight_transport_claim(case: RuleCase) -> None:
     assert not uses, f"{case}: declares weight_transport=False but used {sorted(set(uses))[:3]}"
 
 
+def check_backward_locking_claim(case: RuleCase) -> None:
+    """A rule declaring backward_locking=False updates its first block from no error that came
+    back through the blocks above it (see :mod:`bpfree.testing.properties`)."""
+    rule = case.make()
+    if rule.info.backward_locking or rule.model is None or len(rule.model.blocks) < 2:
+        return
+    data = case.data
+    for phase in rule.phases():
+        rule.train()
+        rule.start_phase(phase, data.train_x, data.train_y)
+        batch = case.batch(0)
+        with watch_locking(rule, batch.y) as watch:
+            rule.train_step(batch)
+        locked = first_block_locked(rule, watch)
+        assert not locked, (
+            f"{case}: declares backward_locking=False but block 0's {locked} gradient came back "
+            f"through the blocks above it (phase {phase.name})"
+        )
+
+
 def check_forward_passes_claim(case: RuleCase) -> None:
     """The body's first layer sees at most ``rule.forward_passes()`` batches per step."""
     rule = case.make()
@@ -346,6 +374,7 @@ CHECKS: tuple[Callable[[RuleCase], None], ...] = (
     check_state_roundtrip,
     check_reverse_ad_claim,
     check_weight_transport_claim,
+    check_backward_locking_claim,
     check_forward_passes_claim,
     check_phases_before_setup,
 )

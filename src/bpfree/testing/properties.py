@@ -7,6 +7,10 @@
   backward kernels are seen too); an operand that shares storage with a weight W (out, in) and
   is contracted over W's *output* dimension (``delta @ W``, a convolution's input gradient with
   W, a transposed convolution with W) carries an error backwards through W.
+* ``check_backward_locking_claim``: a rule declaring ``backward_locking = False`` computes the
+  first block's gradient from no error that went back through an intermediate block above it
+  (:class:`LockingWatch` tags every tensor with its dependencies; the output error itself may
+  depend on the whole forward pass: that is update locking, not backward locking);
 * ``check_forward_passes_claim``: the rows that go through the body's first weighted layer per
   training step, in units of the batch, are at most the declared ``forward_passes_per_step``
   (a rule that caches features, such as CaFo, may pass fewer).
@@ -21,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from bpfree.rules import Rule
 
@@ -122,3 +127,66 @@ def count_rows(module: nn.Module) -> Iterator[list[int]]:
         yield rows
     finally:
         handle.remove()
+
+
+class LockingWatch(TorchDispatchMode):
+    """Tags every tensor a step computes with what it depends on, by storage, through every aten
+    op (autograd's kernels included):
+
+    * ``yd``: depends on the labels;
+    * ``up``: the highest body block whose parameters it depends on; the rule's own parameters
+      outside the body (its head, predictors, local projections) count as the output level L,
+      one past the last block (fixed buffers, such as feedback matrices, count as none);
+    * ``locked``: somewhere in its history a label-dependent op (an error signal) combined with
+      a label-free quantity of an intermediate upper block (1 <= up < L): an error that went
+      back through the layers above block 0 rather than straight from the output.
+    """
+
+    def __init__(self, rule: Rule, y: torch.Tensor) -> None:
+        super().__init__()
+        assert rule.model is not None
+        self.top = len(rule.model.blocks)
+        self.tags: dict[int, tuple[bool, int, bool]] = {}
+        for p in rule.modules.parameters():  # heads, predictors, projections: output level
+            self.tags[p.untyped_storage().data_ptr()] = (False, self.top, False)
+        for k, block in enumerate(rule.model.blocks):
+            for p in block.parameters():
+                self.tags[p.untyped_storage().data_ptr()] = (False, k, False)
+        self.tags[y.untyped_storage().data_ptr()] = (True, -1, False)
+
+    def tag(self, t: torch.Tensor) -> tuple[bool, int, bool]:
+        key = _storage(t)
+        return (False, -1, False) if key is None else self.tags.get(key, (False, -1, False))
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = [x for x in tree_flatten((args, kwargs))[0] if isinstance(x, torch.Tensor)]
+        tags = [self.tag(x) for x in inputs]
+        yd = any(t[0] for t in tags)
+        up = max((t[1] for t in tags), default=-1)
+        locked = any(t[2] for t in tags) or (
+            yd and any(not t[0] and 1 <= t[1] < self.top for t in tags)
+        )
+        for o in tree_flatten(out)[0]:  # every output: a freed storage's address is reused
+            key = _storage(o)
+            if key is not None:
+                self.tags[key] = (yd, up, locked)
+        return out
+
+
+@contextmanager
+def watch_locking(rule: Rule, y: torch.Tensor) -> Iterator[LockingWatch]:
+    """Tag the tensors computed inside the block (see :class:`LockingWatch`)."""
+    with LockingWatch(rule, y) as watch:
+        yield watch
+
+
+def first_block_locked(rule: Rule, watch: LockingWatch) -> list[str]:
+    """The first block's parameters whose gradient came back through the layers above it."""
+    assert rule.model is not None
+    return [
+        name
+        for name, p in rule.model.blocks[0].named_parameters()
+        if p.grad is not None and watch.tag(p.grad)[2]
+    ]
