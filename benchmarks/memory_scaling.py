@@ -11,8 +11,8 @@ not timed, so it does not depend on the machine's load. For a multi-phase rule t
 phase is reported.
 
 * depth: ``mlp_<D>x1000`` for D = 2, 4, 8, 16, batch 2048, every rule that trains MLPs;
-* batch: 256 .. 8192 on ``mlp_4x2000`` for the MLP rules, on ``cnn_3block`` for CNN-only rules
-  (with backprop on ``cnn_3block`` beside them).
+* batch: 256 .. 8192 on ``mlp_4x2000`` for the MLP rules; rules that train no MLP on their own
+  native network (``cnn_3block`` for CaFo, ``noprop_dt`` for NoProp), with backprop beside each.
 
 The ratios the acceptance asks for are printed at the end: backprop's growth from depth 2 to 16
 against the local rules', and each rule's activation memory against backprop's at the largest
@@ -31,7 +31,6 @@ from bpfree.config import TrainConfig
 from bpfree.engine import build_rule, load_data
 from bpfree.engine.environment import describe
 from bpfree.meters.probe import PhaseProbe, probe_phase
-from bpfree.models import model_family
 from bpfree.rules import RULES, baseline_rule
 
 MIB = 2**20
@@ -94,10 +93,10 @@ def main() -> int:
             depth[rule].append(act)
             print(f"depth {d:>2} {rule:<5} {act / MIB:9.1f} MiB", file=sys.stderr, flush=True)
     batch: dict[str, list[int]] = {}
-    cnn = next((RULES.get(r).info.native_model("grayscale") for r in cnn_only), None)
-    for rule, model in [(r, args.batch_model) for r in mlp_rules] + (
-        [(r, cnn) for r in [*cnn_only, bp]] if cnn and model_family(cnn) == "cnn" else []
-    ):
+    # rules that train no MLP run on their own native network, with backprop beside each
+    others = [(r, RULES.get(r).info.native_model("grayscale")) for r in cnn_only]
+    twins = [(bp, m) for m in dict.fromkeys(m for _, m in others)]
+    for rule, model in [(r, args.batch_model) for r in mlp_rules] + others + twins:
         label = rule if model == args.batch_model else f"{rule}@{model}"
         batch[label] = []
         for b in batches:

@@ -43,6 +43,27 @@ VARIANTS: dict[str, list[dict[str, object]]] = {
     "foton": [{"__model__": "mlp_3x32"}],
     "tpsgd": [{"loss": "l1"}],
     "sign_symmetry": [{"variant": "brsf"}, {"variant": "frsf"}, {"__model__": "mlp_2x32"}],
+    "mezo": [
+        {"variant": "momentum"},
+        {"variant": "adam"},
+        {"variant": "sign"},
+        {"variant": "conservative"},
+        {"perturbation": "one_side", "q": 3},
+        {"q": 2, "distribution": "rademacher", "weight_decay": 0.01},
+    ],
+    "noprop": [
+        {"variant": "ct", "__model__": "noprop_ct"},
+        {"variant": "fm", "__model__": "noprop_fm"},
+        {
+            "variant": "ct",
+            "embedding": "learned",
+            "inference_steps": 3,
+            "__model__": "noprop_ct_w32_e16",
+        },
+        {"variant": "fm", "embedding": "learned", "__model__": "noprop_fm_w32_e16"},
+        {"embedding": "learned", "__model__": "noprop_dt_t3_w32_e20"},
+        {"embedding": "prototype", "__model__": "noprop_dt_t3_w32_e64"},
+    ],
     "predsim": [
         {"loss": "pred"},
         {"loss": "sim"},

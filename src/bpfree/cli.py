@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bpfree.cli_compare import add_parsers as add_compare_parsers
-from bpfree.cli_compare import cmd_compare, cmd_report
+from bpfree.cli_compare import cmd_compare, cmd_report, finetune_arguments, finetune_settings
 from bpfree.cli_sweep import add_parsers as add_sweep_parsers
 from bpfree.cli_sweep import cmd_sweep, cmd_worker
 from bpfree.errors import BpfreeError, nonempty, one_line
@@ -72,6 +72,7 @@ def _train_parser(sub: Any) -> None:
         metavar="CODE",
         help="country code (e.g. FRA or FR) whose grid intensity to use for `carbon`",
     )
+    finetune_arguments(p)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -93,6 +94,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "device": args.device,
         "grid_intensity": args.grid_intensity,
         "country": args.country,
+        **finetune_settings(args),
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     config = TrainConfig.build(apply_sets(values, args.set))
@@ -155,7 +157,7 @@ def _listing(rule: str | None) -> str:
     lines.append("Models:")
     for pattern in MODELS.patterns():
         examples = ", ".join(pattern.examples)
-        lines.append(f"  {pattern.display:<20} any depth and width, e.g. {examples}")
+        lines.append(f"  {pattern.display:<20} e.g. {examples}")
     for name, entry in MODELS.items():
         lines.append(f"  {name:<20} {entry.description}")
     lines.append("Datasets:")
@@ -205,6 +207,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
         where, looked = locate(spec, args.data_dir)
         if where is not None:
             print(f"{name:<14} available   {where}")
+        elif not spec.remote:  # a format for the user's own files (textfile)
+            print(f"{name:<14} your own    {spec.note}")
         else:
             print(
                 f"{name:<14} missing     get it with: {fetch_command(spec)}"

@@ -72,6 +72,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--data-dir", type=nonempty)
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--no-report", action="store_true", help="train only; no report at the end")
+    finetune_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--tune",
@@ -128,7 +129,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         epochs=args.epochs,
         train_samples=args.train_samples,
-        sets=[*args.set, *_ceiling_sets(args)],
+        sets=[*args.set, *_ceiling_sets(args), *_finetune_sets(args)],
         models=models,
         data_dir=args.data_dir,
         device=args.device,
@@ -159,3 +160,39 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(write_report(args.dir, plots=not args.no_plots), end="")
     print(f"report: {Path(args.dir) / 'report' / 'report.html'}")
     return 0
+
+
+def finetune_arguments(p: argparse.ArgumentParser) -> None:
+    """The fine-tuning and text options, shared by `train` and `compare`."""
+    p.add_argument(
+        "--init-from",
+        type=nonempty,
+        metavar="RUN_DIR",
+        help="start the body from a finished run's weights (same model)",
+    )
+    p.add_argument(
+        "--trainable",
+        choices=("all", "head", "lora"),
+        help="what trains: all parameters (default), the head on a frozen body, or LoRA",
+    )
+    p.add_argument(
+        "--k-shot", type=int, metavar="K", help="K training examples per class (run seed draws)"
+    )
+    p.add_argument(
+        "--max-length", type=int, metavar="L", help="text: tokens per example (default 128)"
+    )
+
+
+def finetune_settings(args: argparse.Namespace) -> dict[str, Any]:
+    values = {
+        "init_from": args.init_from,
+        "trainable": args.trainable,
+        "k_shot": args.k_shot,
+        "max_length": args.max_length,
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _finetune_sets(args: argparse.Namespace) -> list[str]:
+    """The fine-tuning options as trainer settings, shared by every run and its twin."""
+    return [f"{k}={v}" for k, v in finetune_settings(args).items()]

@@ -52,6 +52,13 @@ class TrainConfig:
     country: str | None = None  # ISO code looked up in bpfree.meters.carbon.COUNTRY_INTENSITY
     estimate_energy: bool = False  # also record a CodeCarbon estimate (labelled estimate:...)
     meters: bool = True  # False: wall time only (for measuring the meters' own overhead)
+    # Fine-tuning and text (left out of to_dict at their defaults: OPTIONAL_FIELDS)
+    init_from: str | None = None  # a finished run's directory: its body's weights to start from
+    trainable: Literal["all", "head", "lora"] = "all"  # what trains: see RuleInfo.trainable
+    lora_rank: int = 8  # LoRA's r and alpha (ZO-Bench's defaults), for trainable="lora"
+    lora_alpha: int = 16
+    k_shot: int | None = None  # keep K training examples per class, drawn from the run seed
+    max_length: int = 128  # text: tokens per example after truncation
     hparams: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -59,12 +66,26 @@ class TrainConfig:
         kind = DATASETS.get(self.dataset).kind
         if self.model is None:
             object.__setattr__(self, "model", info.native_model(kind))
-        if model_family(self.model) not in info.families:
+        family = model_family(self.model)
+        if family not in info.families:
             raise ConfigError(
                 f"rule {self.rule!r} cannot train {self.model!r}; it trains "
                 f"{' and '.join(info.families)} models (e.g. its native "
                 f"{info.native_model(kind)})"
             )
+        if (family == "text") != (kind == "text"):
+            what = "a text model (minilm_l6, hf:DIR)" if kind == "text" else "an image model"
+            raise ConfigError(
+                f"dataset {self.dataset!r} is {'text' if kind == 'text' else 'images'}: it "
+                f"needs {what}, not {self.model!r}"
+            )
+        if self.trainable not in info.trainable:
+            raise ConfigError(
+                f"rule {self.rule!r} cannot train with trainable={self.trainable!r}; it "
+                f"offers: {', '.join(info.trainable)}"
+            )
+        if self.trainable == "lora" and family != "text":
+            raise ConfigError("trainable='lora' applies to text models (minilm_l6, hf:DIR)")
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
@@ -92,6 +113,17 @@ class TrainConfig:
                 f"train_samples must be >= 2, got {self.train_samples}",
             ),
             (self.data_dir != "", "data_dir is empty; leave it out to search the usual places"),
+            (self.k_shot is None or self.k_shot >= 1, f"k_shot must be >= 1, got {self.k_shot}"),
+            (self.max_length >= 2, f"max_length must be >= 2, got {self.max_length}"),
+            (
+                self.lora_rank >= 1 and self.lora_alpha >= 1,
+                f"lora_rank and lora_alpha must be >= 1, got {self.lora_rank}, {self.lora_alpha}",
+            ),
+            (self.init_from != "", "init_from is empty; give a finished run's directory"),
+            (
+                not self.init_from or Path(self.init_from).expanduser().is_dir(),
+                f"init_from {self.init_from}: no such run directory",
+            ),
             (
                 not self.data_dir or not Path(self.data_dir).expanduser().is_file(),
                 f"data_dir {self.data_dir} is a file; give the folder that holds dataset files",
@@ -126,10 +158,26 @@ class TrainConfig:
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every setting, but the OPTIONAL_FIELDS left at their defaults (so the settings of
+        runs made before those fields existed read the same)."""
+        d = dataclasses.asdict(self)
+        for key, default in OPTIONAL_FIELDS.items():
+            if d[key] == default:
+                del d[key]
+        return d
 
     def replace(self, **changes: Any) -> TrainConfig:
         return TrainConfig.build({**self.to_dict(), **changes})
+
+
+OPTIONAL_FIELDS: dict[str, Any] = {
+    "init_from": None,
+    "trainable": "all",
+    "lora_rank": 8,
+    "lora_alpha": 16,
+    "k_shot": None,
+    "max_length": 128,
+}
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

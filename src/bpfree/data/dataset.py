@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from bpfree.data.catalog import DATASETS, DatasetSpec, read_raw
-from bpfree.errors import ConfigError
+from bpfree.data.catalog import DATASETS, DatasetSpec, locate, missing_message, read_raw
+from bpfree.data.text import TextCorpus, read_spam_assassin, read_textfile, tokenize
+from bpfree.errors import ConfigError, DataError
 
 
 @dataclass
@@ -32,10 +33,13 @@ class DataBundle:
 
     @property
     def num_classes(self) -> int:
-        return self.spec.num_classes
+        return int(self.info.get("num_classes", self.spec.num_classes))
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of an image; (2, L, 1) for text: token ids and attention mask."""
+        if self.spec.is_text:
+            return (2, int(self.train_x.shape[-1]), 1)
         return self.spec.input_shape
 
 
@@ -61,25 +65,31 @@ def load_dataset(
     data_seed: int = 0,
     train_samples: int | None = None,
     device: str | torch.device = "cpu",
+    k_shot: int | None = None,
+    k_shot_seed: int = 0,
+    tokenizer: Any = None,
+    max_length: int = 128,
 ) -> DataBundle:
     """Load ``name``, carve the validation split, normalise, and move it to ``device``.
 
     ``train_samples`` keeps only the first N examples of the official training set (before the
-    validation split is carved from them), for quick runs and tests.
+    validation split is carved from them), for quick runs and tests. ``k_shot`` keeps K
+    examples per class of the training split (after the validation split), drawn from
+    ``k_shot_seed`` (the run seed), as MeZO's k-shot tasks do. A text dataset needs the
+    ``tokenizer`` of the model that reads it; texts are truncated to ``max_length`` tokens.
     """
     spec = DATASETS.get(name)
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if spec.is_text:
+        return _load_text(
+            spec, data_dir, val_fraction, data_seed, train_samples, torch.device(device),
+            k_shot, k_shot_seed, tokenizer, max_length,
+        )  # fmt: skip
     (train_x, train_y, test_x, test_y), source = read_raw(spec, data_dir)
-    if train_samples is not None:
-        if train_samples < 2:
-            raise ConfigError(f"train_samples must be at least 2, got {train_samples}")
-        train_x, train_y = train_x[:train_samples], train_y[:train_samples]
-    tr, va = split_indices(len(train_x), val_fraction, data_seed)
-    if len(va) == 0 or len(tr) == 0:
-        raise ConfigError(
-            f"{len(train_x)} training examples leave an empty split at val_fraction={val_fraction}"
-        )
+    keep = _first(train_samples, len(train_y))
+    train_x, train_y = train_x[:keep], train_y[:keep]
+    tr, va = _splits(train_y, val_fraction, data_seed, k_shot, k_shot_seed)
     dev = torch.device(device)
 
     def labels(y: np.ndarray) -> torch.Tensor:
@@ -102,9 +112,120 @@ def load_dataset(
             "val_fraction": val_fraction,
             "data_seed": data_seed,
             "train_samples": train_samples,
+            **({"k_shot": k_shot, "k_shot_seed": k_shot_seed} if k_shot is not None else {}),
             "normalisation": {"mean": list(spec.mean), "std": list(spec.std)},
         },
     )
+
+
+def _first(train_samples: int | None, n: int) -> int:
+    """How many of the official training examples to keep (``train_samples``, else all)."""
+    if train_samples is not None and train_samples < 2:
+        raise ConfigError(f"train_samples must be at least 2, got {train_samples}")
+    return n if train_samples is None else min(train_samples, n)
+
+
+def _splits(
+    labels: np.ndarray, val_fraction: float, data_seed: int, k_shot: int | None, k_shot_seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) positions: the data seed's split, then the k-shot draw if any."""
+    tr, va = split_indices(len(labels), val_fraction, data_seed)
+    if len(va) == 0 or len(tr) == 0:
+        raise ConfigError(
+            f"{len(labels)} training examples leave an empty split at val_fraction={val_fraction}"
+        )
+    if k_shot is not None:
+        tr = k_shot_indices(labels, tr, k_shot, k_shot_seed)
+    return tr, va
+
+
+def k_shot_indices(labels: np.ndarray, pool: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """``k`` positions per class drawn (without replacement, from ``seed``) among ``pool``, the
+    training split's positions; sorted. ConfigError when a class has fewer than ``k``."""
+    if k < 1:
+        raise ConfigError(f"k_shot must be >= 1, got {k}")
+    rng = np.random.default_rng([seed, 512])
+    chosen = []
+    for c in np.unique(labels[pool]):
+        members = pool[labels[pool] == c]
+        if len(members) < k:
+            raise ConfigError(
+                f"k_shot={k}: class {int(c)} has only {len(members)} training examples"
+            )
+        chosen.append(rng.choice(members, size=k, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def _load_text(
+    spec: DatasetSpec,
+    data_dir: str | Path | None,
+    val_fraction: float,
+    data_seed: int,
+    train_samples: int | None,
+    dev: torch.device,
+    k_shot: int | None,
+    k_shot_seed: int,
+    tokenizer: Any,
+    max_length: int,
+) -> DataBundle:
+    """A text dataset: the corpus's splits, tokenised to one length L (the longest example
+    after truncation to ``max_length``), as (N, 2, L) int64 tensors on ``dev``."""
+    if tokenizer is None:
+        raise ConfigError(f"dataset {spec.name!r} is text: it needs a text model (--model)")
+    if max_length < 2:
+        raise ConfigError(f"max_length must be >= 2 tokens, got {max_length}")
+    corpus = read_text(spec, data_dir, data_seed)
+    keep = _first(train_samples, len(corpus.train_labels))
+    texts, y = corpus.train_texts[:keep], corpus.train_labels[:keep]
+    tr, va = _splits(y, val_fraction, data_seed, k_shot, k_shot_seed)
+    used = [texts[i] for i in tr] + [texts[i] for i in va] + corpus.test_texts
+    tokens = tokenize(tokenizer, used, max_length)
+    length = max(int(tokens[:, 1].sum(axis=1).max()), 2)
+    truncated = int((tokens[:, 1].sum(axis=1) == max_length).sum())
+    tokens = torch.from_numpy(np.ascontiguousarray(tokens[:, :, :length])).to(dev)
+    n_tr, n_va = len(tr), len(va)
+
+    def labels(v: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(v)).to(device=dev, dtype=torch.long)
+
+    return DataBundle(
+        spec=spec,
+        train_x=tokens[:n_tr],
+        train_y=labels(y[tr]),
+        val_x=tokens[n_tr : n_tr + n_va],
+        val_y=labels(y[va]),
+        test_x=tokens[n_tr + n_va :],
+        test_y=labels(corpus.test_labels),
+        info={
+            "dataset": spec.name,
+            "source": portable(corpus.source),
+            "n_train": n_tr,
+            "n_val": n_va,
+            "n_test": len(corpus.test_labels),
+            "val_fraction": val_fraction,
+            "data_seed": data_seed,
+            "train_samples": train_samples,
+            **({"k_shot": k_shot, "k_shot_seed": k_shot_seed} if k_shot is not None else {}),
+            "num_classes": len(corpus.classes),
+            "classes": list(corpus.classes),
+            "max_length": max_length,
+            "sequence_length": length,
+            "truncated_examples": truncated,
+            "tokenizer": type(tokenizer).__name__,
+            **corpus.info,
+        },
+    )
+
+
+def read_text(spec: DatasetSpec, data_dir: str | Path | None, data_seed: int) -> TextCorpus:
+    """The raw texts of a text dataset, with its test split (drawn from ``data_seed`` where the
+    corpus has none)."""
+    where, looked = locate(spec, data_dir)
+    if where is None:
+        raise DataError(missing_message(spec, looked))
+    if spec.format == "textfile":
+        return read_textfile(where)
+    return read_spam_assassin(where, data_seed)
 
 
 def portable(source: str) -> str:

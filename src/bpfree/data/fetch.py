@@ -112,7 +112,8 @@ def fetch(
 ) -> Path:
     """Fetch every file of ``spec`` into ``<data_dir>/<name>/``; return that folder."""
     if not spec.remote:
-        raise DataError(f"dataset {spec.name!r} is bundled ({spec.note}); nothing to fetch")
+        what = "bundled" if spec.format == "builtin" else "read from your own files"
+        raise DataError(f"dataset {spec.name!r} is {what} ({spec.note}); nothing to fetch")
     if mirror is not None and not mirror.startswith(("http://", "https://", "file://")):
         raise ConfigError(f"--mirror {shorten(mirror)} is not an http://, https:// or file:// URL")
     folder = default_fetch_dir(data_dir) / spec.name

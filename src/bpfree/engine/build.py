@@ -14,13 +14,18 @@ from bpfree.config import TrainConfig
 from bpfree.data import DATASETS, DataBundle, load_dataset
 from bpfree.engine.budget import allot_epochs
 from bpfree.engine.environment import resolve_device
+from bpfree.engine.finetune import apply_trainable, load_body, load_head
 from bpfree.engine.seeding import derive_seed, generator
 from bpfree.models import create_model
+from bpfree.models.text import text_tokenizer
 from bpfree.rules import Phase, Rule, create_rule
 
 
 def load_data(config: TrainConfig, device: torch.device | None = None) -> DataBundle:
-    """The dataset of ``config`` (its split, data seed and training subset) on ``device``."""
+    """The dataset of ``config`` (its split, data seed, training subset and k-shot draw) on
+    ``device``; a text dataset tokenised by the model's own tokenizer."""
+    text = DATASETS.get(config.dataset).is_text
+    assert config.model is not None
     return load_dataset(
         config.dataset,
         data_dir=config.data_dir,
@@ -28,6 +33,10 @@ def load_data(config: TrainConfig, device: torch.device | None = None) -> DataBu
         data_seed=config.data_seed,
         train_samples=config.train_samples,
         device=device if device is not None else resolve_device(config.device),
+        k_shot=config.k_shot,
+        k_shot_seed=derive_seed(config.seed, "k_shot"),
+        tokenizer=text_tokenizer(config.model) if text else None,
+        max_length=config.max_length,
     )
 
 
@@ -41,7 +50,11 @@ def build_rule(config: TrainConfig, data: DataBundle, device: torch.device | Non
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(derive_seed(config.seed, "init"))
         model = create_model(config.model, data.input_shape)
+        saved = load_body(model, config.init_from, config.model) if config.init_from else {}
+        apply_trainable(model, config)
         rule.setup(model, data.num_classes, device, generator(config.seed, "rule", device))
+        if saved:
+            load_head(rule.modules, saved)
     return rule
 
 

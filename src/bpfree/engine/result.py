@@ -139,6 +139,9 @@ def build_result(
         "epochs_trained": len(history),
         "phases": phases,
         "num_parameters": rule.num_parameters(),
+        "trainable_parameters": sum(
+            p.numel() for p in rule.modules.parameters() if p.requires_grad
+        ),
         "data_passes": state.samples / max(int(data.train_x.shape[0]), 1),
         "optimizer_steps": state.steps,
         "stopped_by": state.stopped_by if status == "completed" else "",

@@ -45,6 +45,8 @@ class PhaseProbe:
     # state, buffers, caches): what persists between steps
     activation_bytes: int = 0  # peak of what one steady step creates and frees again (its
     # input batch, which is data and the same for every rule, not counted)
+    inference_bytes: int = 0  # peak live bytes of an inference-only pass (predict, no
+    # autograd) on a training batch of the same size: parameters, buffers and activations
 
     @property
     def step_flops(self) -> int | None:
@@ -136,6 +138,7 @@ def probe_phase(
                     probe.activation_bytes = max(probe.activation_bytes, tracker.window_peak())
         probe.peak_bytes = tracker.peak
         probe.state_bytes = storage_bytes(t for t in _tensors(clone) if not _is_data(t, data))
+        probe.inference_bytes = _inference_peak(clone, _batch(data, batch_size if full else rest))
         return probe
 
     return _guarded(device, run)
@@ -153,6 +156,18 @@ def probe_predict(rule: Rule, data: DataBundle, device: torch.device, rows: int)
         return c.total
 
     return _guarded(device, run)
+
+
+def _inference_peak(rule: Rule, batch: Batch) -> int:
+    """Peak live tensor bytes of ``predict`` on ``batch`` without autograd, counting the
+    modules' parameters and buffers (not gradients or optimizer state): the memory a forward
+    pass alone needs, the reference a forward-only rule is measured against."""
+    resident = [*rule.modules.parameters(), *rule.modules.buffers()]
+    rule.eval()
+    with TensorMemoryTracker(resident) as tracker, torch.no_grad():
+        rule.predict(batch.x)
+    rule.train()
+    return tracker.peak
 
 
 def copy_rule(rule: Rule, data: DataBundle) -> Rule:

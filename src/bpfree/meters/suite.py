@@ -66,6 +66,7 @@ UNITS = {
     "peak_tensor_memory": "B",
     "state_memory": "B",
     "activation_memory": "B",
+    "inference_memory": "B",
     "gpu_max_memory_allocated": "B",
     "gpu_max_memory_reserved": "B",
     "train_flops": "FLOP",
@@ -258,7 +259,7 @@ class MeterSuite:
         return out
 
 
-MEMORY = ("peak_tensor_memory", "state_memory", "activation_memory")
+MEMORY = ("peak_tensor_memory", "state_memory", "activation_memory", "inference_memory")
 _PROBE_NOTE = (
     "a probe, not the whole run: live tensor storage while begin_phase and the first training "
     "steps of a copy of the rule ran, outside the timed window (TorchDispatchMode; the dataset "
@@ -286,6 +287,14 @@ def memory_readings(probe: PhaseProbe) -> dict[str, Reading]:
             "the peak bytes of what one steady training step creates and frees again "
             "(activations and temporaries; not its input batch, nor the gradients and "
             "optimizer state it leaves behind); " + _PROBE_NOTE,
+        ),
+        "inference_memory": Reading(
+            float(probe.inference_bytes),
+            "B",
+            source,
+            "peak live tensor storage of an inference-only pass (predict without autograd) on "
+            "one training batch of the same size: parameters, buffers and activations; the "
+            "reference for peak_tensor_memory",
         ),
     }
 

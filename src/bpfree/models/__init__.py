@@ -8,6 +8,11 @@ from bpfree.models.base import BlockNet, ConvBlock, DenseBlock, ModelEntry, Mode
 from bpfree.models.cnn import CNN_3BLOCK
 from bpfree.models.lenet import LENET5
 from bpfree.models.mlp import MLP_DISPLAY, MLP_EXAMPLES, MLP_PATTERN, resolve_mlp
+from bpfree.models.noprop import DISPLAY as NOPROP_DISPLAY
+from bpfree.models.noprop import EXAMPLES as NOPROP_EXAMPLES
+from bpfree.models.noprop import PATTERN as NOPROP_PATTERN
+from bpfree.models.noprop import resolve_noprop
+from bpfree.models.text import HF_PATTERN, MINILM_ENTRY, resolve_hf
 from bpfree.registry import Registry
 
 MODELS: Registry[ModelEntry] = Registry("model")
@@ -16,6 +21,9 @@ MODELS.register(LENET5.name, LENET5)
 
 
 MODELS.register_pattern(MLP_PATTERN, resolve_mlp, MLP_DISPLAY, examples=MLP_EXAMPLES)
+MODELS.register_pattern(NOPROP_PATTERN, resolve_noprop, NOPROP_DISPLAY, examples=NOPROP_EXAMPLES)
+MODELS.register(MINILM_ENTRY.name, MINILM_ENTRY)
+MODELS.register_pattern(HF_PATTERN, resolve_hf, "hf:<folder or hub name>", examples=())
 
 
 def model_family(name: str) -> str:

@@ -34,7 +34,9 @@ from bpfree.rules.hparams import Hparams
 from bpfree.rules.toolkit.optim import drop_fractions, schedule_phase
 
 ReverseAD = Literal["none", "within_block", "global"]
-ANY_KIND = "*"  # a native network for every dataset kind
+ANY_KIND = "*"  # a native network for every image kind
+TEXT_KIND = "text"
+TRAINABLE_SCOPES = ("all", "head", "lora")
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,16 @@ class RuleInfo:
     native: Mapping[str, str] = field(default_factory=dict)
     baseline: bool = False  # the end-to-end backprop baseline every rule is compared with
     rule_version: str = "1"
+    # What a run may train (``--trainable``): "all" parameters, only the rule's "head" on a
+    # frozen body, or "lora" adapters. A rule offers "head" and "lora" only when its updates
+    # leave every parameter with requires_grad=False untouched (the conformance suite checks).
+    trainable: tuple[str, ...] = ("all",)
 
     def native_model(self, dataset_kind: str) -> str:
-        """The rule's native network for a dataset kind; ConfigError when it declares none."""
-        model = self.native.get(dataset_kind, self.native.get(ANY_KIND))
+        """The rule's native network for a dataset kind; ConfigError when it declares none.
+        The "*" entry stands for the image kinds: text needs a text model of its own."""
+        fallback = None if dataset_kind == TEXT_KIND else self.native.get(ANY_KIND)
+        model = self.native.get(dataset_kind, fallback)
         if model is None:
             kinds = ", ".join(sorted(self.native)) or "none"
             raise ConfigError(
@@ -225,6 +233,10 @@ def check_rule_class(cls: type[Rule]) -> None:
                 f"rule {info.name!r}: native network {model!r} is a {family} model, "
                 f"but the rule trains {', '.join(info.families)} models"
             )
+    if "all" not in info.trainable or not set(info.trainable) <= set(TRAINABLE_SCOPES):
+        raise TypeError(
+            f"rule {info.name!r}: trainable must include 'all' and be among {TRAINABLE_SCOPES}"
+        )
     if info.baseline and any(r.info.baseline for _, r in RULES.items()):
         raise TypeError(f"rule {info.name!r}: there is already a baseline rule")
 

@@ -47,9 +47,11 @@ class Backprop(Rule):
         backward_locking=True,
         weight_transport=True,
         forward_passes_per_step=1,
-        families=("mlp", "cnn"),
-        native={"*": "mlp_2x1000"},  # as a twin it trains the rule's network instead
+        families=("mlp", "cnn", "text", "noprop"),
+        # as a twin it trains the rule's network instead
+        native={"*": "mlp_2x1000", "text": "minilm_l6"},
         baseline=True,
+        trainable=("all", "head", "lora"),  # frozen parameters get no gradient, so no step
     )
     Hparams = BPHparams
     hp: BPHparams

@@ -24,10 +24,10 @@ raises ``AssertionError`` with a message saying what was wrong:
   ``rule.forward_passes()`` batches per training step (the declared count under its settings);
 * ``check_phases_before_setup``: ``phases()`` needs only the hyperparameters and the model, so
   the budget can be checked before a run (on a model without memory), and gives the same
-  phases as the set-up rule.
+  phases as the set-up rule; ``check_frozen_body``: with ``trainable="head"`` (where offered)
+  the frozen body is left untouched and the head still trains.
 
-Steps are driven like the trainer does: ``rule.train()``, ``start_phase`` at each phase start,
-then ``train_step`` on batches that carry their positions in the training set.
+Steps are driven as the trainer does (``rule.train()``, ``start_phase``, ``train_step``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import torch
 from bpfree.config import TrainConfig
 from bpfree.data import DataBundle
 from bpfree.engine.build import build_rule, load_data, phase_plan
-from bpfree.rules import Batch, Phase, Rule, baseline_rule
+from bpfree.rules import RULES, Batch, Phase, Rule, baseline_rule
 from bpfree.testing.properties import (
     count_rows,
     first_block_locked,
@@ -366,6 +366,19 @@ def check_phases_before_setup(case: RuleCase) -> None:
     assert planned == actual, f"{case}: phases {actual} before set-up read {planned}"
 
 
+def check_frozen_body(case: RuleCase) -> None:
+    """With ``trainable="head"`` (where offered) a frozen body stays exactly as it was."""
+    if "head" not in RULES.get(case.rule).info.trainable:
+        return
+    rule = build_rule(case.config().replace(trainable="head"), case.data)
+    before = _params(rule)
+    _phases(case, rule, case.steps)
+    changed = _state_equal(before, _params(rule))
+    body = [k for k in changed if k.startswith("model.")]
+    assert not body, f"{case}: trainable='head' but the frozen body changed: {body[:3]}"
+    assert changed, f"{case}: trainable='head' trained nothing"
+
+
 CHECKS: tuple[Callable[[RuleCase], None], ...] = (
     check_loss_falls,
     check_own_parameters,
@@ -377,6 +390,7 @@ CHECKS: tuple[Callable[[RuleCase], None], ...] = (
     check_backward_locking_claim,
     check_forward_passes_claim,
     check_phases_before_setup,
+    check_frozen_body,
 )
 
 

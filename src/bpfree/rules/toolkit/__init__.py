@@ -7,7 +7,9 @@ never from a sibling rule.
 * fixed matrices and explicit updates: :class:`FixedRandom`, :func:`output_error`,
   :func:`relu_mask`, :func:`set_linear_grad`, :func:`dense_activations`;
 * local learning: :func:`local_heads`, :func:`layer_by_layer` (frees each layer's graph);
-* losses: :func:`sparsemax`, :func:`sparsemax_loss`.
+* losses: :func:`sparsemax`, :func:`sparsemax_loss`;
+* zeroth order: :class:`Directions` (SPSA directions regenerated from seeds, applied in
+  place), :func:`draw_seeds`, :func:`decays`.
 """
 
 from bpfree.rules.hparams import Hparams, at_least, in_range, nonnegative, positive
@@ -32,17 +34,23 @@ from bpfree.rules.toolkit.optim import (
     schedule_phase,
     suggest_optimizer,
 )
+from bpfree.rules.toolkit.zo import Directions, Distribution, decays, draw_direction, draw_seeds
 
 __all__ = [
     "OPTIMIZER_FIELDS",
     "OPTIONAL_OPTIMIZER_FIELDS",
+    "Directions",
+    "Distribution",
     "FixedRandom",
     "Hparams",
     "OptimizerName",
     "OptimizerSettings",
     "at_least",
     "cooldown_factor",
+    "decays",
     "dense_activations",
+    "draw_direction",
+    "draw_seeds",
     "dropout_masks",
     "in_range",
     "layer_by_layer",
