@@ -35,6 +35,7 @@ SETTINGS = (
     ("mezo", "all", {}, "MeZO (ZO-SGD), full"),
     ("mezo", "lora", {}, "MeZO (ZO-SGD), LoRA"),
     ("mezo", "all", {"variant": "adam"}, "ZO-Adam, full"),
+    ("fg", "all", {"optimizer": "sgd"}, "forward gradient (1 tangent, SGD), full"),
 )
 MIB = 2**20
 

@@ -410,3 +410,25 @@ def test_the_located_spam_assassin_corpus_is_whole() -> None:
     assert list(corpus.info["groups"].values()) == [2500, 1400, 250, 500, 1396]
     assert corpus.info["md5_mismatches"] <= 1  # npm's copy re-encoded one hard-ham message
     assert len(corpus.test_texts) == 1209 and int(corpus.test_labels.sum()) == 379
+
+
+@pytest.mark.parametrize("trainable", ["all", "lora"])
+def test_zeroth_and_forward_rules_fine_tune_a_text_model(
+    tiny_bert: str, tmp_path: Path, trainable: str
+) -> None:
+    """mezo (two forward passes) and fg (one forward-mode pass through the attention layers)
+    train the encoder; under LoRA only the adapters and the head move."""
+    folder = write_textfile(tmp_path / "set")
+    for rule_name in ("mezo", "fg"):
+        config = _config(tiny_bert, folder, rule=rule_name, trainable=trainable, epochs=1)
+        data = load_data(config)
+        rule = build_rule(config, data)
+        before = {n: p.detach().clone() for n, p in rule.modules.named_parameters()}
+        rule.train()
+        index = torch.arange(8)
+        loss = rule.train_step(Batch(data.train_x[index], data.train_y[index], index))
+        assert torch.isfinite(loss)
+        moved = {n for n, p in rule.modules.named_parameters() if not torch.equal(before[n], p)}
+        assert any(n.startswith("model.") for n in moved), rule_name  # the encoder trains
+        if trainable == "lora":
+            assert all("lora_" in n or n.startswith("head.") for n in moved), (rule_name, moved)

@@ -28,6 +28,10 @@ Options:
     zero (by about k / n) elsewhere.
   * Tangents are drawn from the rule's own generator (never the global one), per tensor in a
     fixed order, so a resumed run draws the same tangents.
+  * Fine-tuning (``--trainable head|lora``): theta is only the tensors with requires_grad; the
+    frozen ones enter the forward pass as constants (no tangent, never updated). On a text
+    model (``minilm_l6``, ZO-Bench's "Forward-Grad") the tangent flows through the attention
+    layers by dual numbers (the encoder holds buffers).
 
 Choices and deviations:
   * Optimizer: SGD without momentum, as in the paper; the paper's step sizes were not available
@@ -98,8 +102,9 @@ class ForwardGradient(Rule):
         backward_locking=False,
         weight_transport=False,
         forward_passes_per_step=1,
-        families=("mlp", "cnn"),
-        native={"*": "mlp_2x1000"},
+        families=("mlp", "cnn", "text"),
+        native={"*": "mlp_2x1000", "text": "minilm_l6"},
+        trainable=("all", "head", "lora"),  # tangents only for requires_grad tensors
     )
     Hparams = FGHparams
     hp: FGHparams
@@ -109,7 +114,11 @@ class ForwardGradient(Rule):
         self.head = nn.Linear(self.model.out_dim, self.num_classes)
         self.modules["head"] = self.head
         self.net = _Classifier(self.model, self.head)  # shares the modules' parameters
-        self.names = tuple(name for name, _ in self.net.named_parameters())
+        # the tensors it trains (a frozen body or a LoRA-adapted one trains only some): only
+        # they get a tangent; the others enter the forward pass as constants
+        trained = [(name, p) for name, p in self.net.named_parameters() if p.requires_grad]
+        self.names = tuple(name for name, _ in trained)
+        self.trained = [p for _, p in trained]
         self.dual_numbers = any(True for _ in self.net.buffers())  # see _directional
         self.model_name = self.model.spec.name
         self.opt = self.hp.optimizer_for(self.modules.parameters())
@@ -126,7 +135,7 @@ class ForwardGradient(Rule):
     @torch.no_grad()
     def train_step(self, batch: Batch) -> torch.Tensor:
         self.opt.zero_grad(set_to_none=True)  # before the forward: no stale update in the peak
-        params = tuple(p.detach() for p in self.net.parameters())
+        params = tuple(p.detach() for p in self.trained)
 
         def loss_of(*values: torch.Tensor) -> torch.Tensor:
             logits = functional_call(
@@ -141,7 +150,7 @@ class ForwardGradient(Rule):
             vs.append(v)
             ds.append(d)
         coef = self._coefficients(vs, torch.stack(ds))  # g = sum_i coef_i v_i
-        for j, p in enumerate(self.net.parameters()):
+        for j, p in enumerate(self.trained):
             g = vs[0][j].mul_(coef[0])  # in place: the tangent becomes the update
             for i in range(1, len(vs)):
                 g.add_(vs[i][j] * coef[i])
