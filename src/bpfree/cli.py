@@ -157,15 +157,14 @@ def _listing(rule: str | None) -> str:
     lines.append("Models:")
     for pattern in MODELS.patterns():
         examples = ", ".join(pattern.examples)
-        lines.append(f"  {pattern.display:<20} e.g. {examples}")
+        lines.append(f"  {pattern.display:<20} " + (f"e.g. {examples}" if examples else ""))
     for name, entry in MODELS.items():
         lines.append(f"  {name:<20} {entry.description}")
     lines.append("Datasets:")
     for name, spec in DATASETS.items():
-        lines.append(
-            f"  {name:<14} {spec.title}, {spec.num_classes} classes, input {spec.input_shape}, "
-            f"kind {spec.kind}"
-        )
+        classes = f"{spec.num_classes} classes" if spec.num_classes else "classes from its files"
+        shape = "token ids (--max-length)" if spec.is_text else str(spec.input_shape)
+        lines.append(f"  {name:<14} {spec.title}, {classes}, input {shape}, kind {spec.kind}")
     return "\n".join(lines) + "\n"
 
 

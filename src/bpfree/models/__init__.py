@@ -23,7 +23,9 @@ MODELS.register(LENET5.name, LENET5)
 MODELS.register_pattern(MLP_PATTERN, resolve_mlp, MLP_DISPLAY, examples=MLP_EXAMPLES)
 MODELS.register_pattern(NOPROP_PATTERN, resolve_noprop, NOPROP_DISPLAY, examples=NOPROP_EXAMPLES)
 MODELS.register(MINILM_ENTRY.name, MINILM_ENTRY)
-MODELS.register_pattern(HF_PATTERN, resolve_hf, "hf:<folder or hub name>", examples=())
+MODELS.register_pattern(
+    HF_PATTERN, resolve_hf, "hf:<folder or hub name>", examples=("hf:models/my-bert",)
+)
 
 
 def model_family(name: str) -> str:
