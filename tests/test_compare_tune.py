@@ -242,19 +242,18 @@ def test_a_crashed_run_stops_the_comparison_and_a_rerun_queues_it_again(
 ) -> None:
     import bpfree.comparison.runner as runner_mod
 
-    real = runner_mod.Trainer
+    real = runner_mod.run_config
 
-    class Crashing(real):  # type: ignore[misc, valid-type]
-        def run(self) -> Any:
-            if self.config.rule == "mf":
-                raise RuntimeError("out of memory")
-            return super().run()
+    def crashing(config: Any, *args: Any, **kwargs: Any) -> Any:
+        if config.rule == "mf":
+            raise RuntimeError("out of memory")
+        return real(config, *args, **kwargs)
 
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     settings: dict[str, Any] = dict(
         rules="mf", seeds=1, models={"mf": "mlp_2x16"}, storage=storage, report=False, **TINY
     )
-    monkeypatch.setattr(runner_mod, "Trainer", Crashing)
+    monkeypatch.setattr(runner_mod, "run_config", crashing)
     with pytest.raises(RuntimeError, match="out of memory"):
         compare(**settings, out=tmp_path / "a")
     study = json.loads((tmp_path / "a" / "compare.json").read_text())["shared"]["runs_study"]
@@ -262,7 +261,7 @@ def test_a_crashed_run_stops_the_comparison_and_a_rerun_queues_it_again(
     assert crashed.user_attrs["error"] and "out of memory" in crashed.user_attrs["reason"]
     # A process already at work stops with that reason; a rerun (after the fix) queues the run
     # again, here in another <out> as on another machine, and the comparison completes.
-    monkeypatch.setattr(runner_mod, "Trainer", real)
+    monkeypatch.setattr(runner_mod, "run_config", real)
     result = compare(**settings, out=tmp_path / "b")
     assert all(r.status == "completed" for r in result.results.values())
     [again] = [t for t in load_trials(study, storage) if t.user_attrs.get("repaired")]

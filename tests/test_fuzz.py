@@ -133,6 +133,9 @@ def _flag_cases(tmp: Path) -> list[list[str]]:
             "--config": [str(tmp / "missing.toml"), str(tmp), str(a_file / "x"), ""],
             "--data-dir": [str(a_file)],
             "--set": BAD_SETS,
+            "--stages": BAD_COUNT,
+            "--replicas": BAD_COUNT,
+            "--micro-batches": BAD_COUNT,
         },
         "compare": {
             "--rules": [

@@ -22,7 +22,7 @@ from bpfree.errors import BpfreeError, ConfigError, DataError
 from bpfree.version import __version__
 
 _LAZY = {
-    "train": "bpfree.engine.trainer",
+    "train": "bpfree.engine.parallel",
     "Trainer": "bpfree.engine.trainer",
     "RunResult": "bpfree.engine.result",
     "compare": "bpfree.comparison.runner",

@@ -77,7 +77,7 @@ def _train_parser(sub: Any) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from bpfree.config import TrainConfig, apply_sets, load_toml
-    from bpfree.engine import Trainer
+    from bpfree.engine import run_config
 
     values: dict[str, Any] = load_toml(args.config) if args.config else {}
     flags = {
@@ -110,7 +110,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"nothing to resume in {out} (no checkpoint.pt or result.json); "
             "drop --resume to start a new run there"
         )
-    result = Trainer(config, out, resume=args.resume, progress=False if args.quiet else None).run()
+    result = run_config(config, out, resume=args.resume, progress=False if args.quiet else None)
     print(result.summary())
     return 0 if result.status == "completed" else 1
 

@@ -163,7 +163,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def finetune_arguments(p: argparse.ArgumentParser) -> None:
-    """The fine-tuning and text options, shared by `train` and `compare`."""
+    """The fine-tuning, text and parallel options, shared by `train` and `compare`."""
     p.add_argument(
         "--init-from",
         type=nonempty,
@@ -181,6 +181,24 @@ def finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-length", type=int, metavar="L", help="text: tokens per example (default 128)"
     )
+    p.add_argument(
+        "--stages",
+        type=int,
+        metavar="K",
+        help="split the network into K pipeline stages, one process each (default 1)",
+    )
+    p.add_argument(
+        "--micro-batches",
+        type=int,
+        metavar="M",
+        help="backprop pipeline: micro-batches per batch (GPipe; default 4)",
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        metavar="K",
+        help="data parallel: K processes, each on a shard of every batch (default 1)",
+    )
 
 
 def finetune_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -189,6 +207,9 @@ def finetune_settings(args: argparse.Namespace) -> dict[str, Any]:
         "trainable": args.trainable,
         "k_shot": args.k_shot,
         "max_length": args.max_length,
+        "stages": args.stages,
+        "micro_batches": args.micro_batches,
+        "replicas": args.replicas,
     }
     return {k: v for k, v in values.items() if v is not None}
 

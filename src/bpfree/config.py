@@ -59,6 +59,10 @@ class TrainConfig:
     lora_alpha: int = 16
     k_shot: int | None = None  # keep K training examples per class, drawn from the run seed
     max_length: int = 128  # text: tokens per example after truncation
+    # Parallel training (engine/parallel.py; left out of to_dict at their defaults)
+    stages: int = 1  # pipeline stages, one process each (RuleInfo.pipeline)
+    micro_batches: int = 4  # backprop pipeline: micro-batches per batch (GPipe)
+    replicas: int = 1  # data-parallel processes, each on a shard of every batch
     hparams: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -119,6 +123,32 @@ class TrainConfig:
                 self.lora_rank >= 1 and self.lora_alpha >= 1,
                 f"lora_rank and lora_alpha must be >= 1, got {self.lora_rank}, {self.lora_alpha}",
             ),
+            (
+                self.stages >= 1 and self.replicas >= 1 and self.micro_batches >= 1,
+                "stages, replicas and micro_batches must be >= 1, got "
+                f"{self.stages}, {self.replicas}, {self.micro_batches}",
+            ),
+            (
+                self.stages == 1 or self.replicas == 1,
+                "stages and replicas cannot both be > 1 (pipeline or data parallel, not both)",
+            ),
+            (
+                self.budget_seconds is None or max(self.stages, self.replicas) == 1,
+                "budget_seconds cannot stop parallel processes at the same step; use budget_flops",
+            ),
+            (
+                self.stages == 1 or info.pipeline != "none",
+                f"rule {self.rule!r} cannot be split into pipeline stages: {info.pipeline_note}",
+            ),
+            (
+                self.stages == 1 or family in ("mlp", "cnn"),
+                f"pipeline stages split mlp and cnn bodies, not {family} ({self.model})",
+            ),
+            (
+                self.replicas == 1 or info.data_parallel,
+                f"rule {self.rule!r} does not offer data-parallel training (its update does "
+                "not go through an optimizer step on gradients that replicas can average)",
+            ),
             (self.init_from != "", "init_from is empty; give a finished run's directory"),
             (
                 not self.init_from or Path(self.init_from).expanduser().is_dir(),
@@ -177,6 +207,9 @@ OPTIONAL_FIELDS: dict[str, Any] = {
     "lora_alpha": 16,
     "k_shot": None,
     "max_length": 128,
+    "stages": 1,
+    "micro_batches": 4,
+    "replicas": 1,
 }
 
 

@@ -32,7 +32,7 @@ from bpfree.comparison.queue import RunQueue
 from bpfree.comparison.tune import Target, study_name, tune_all
 from bpfree.config import TrainConfig
 from bpfree.data import DataBundle
-from bpfree.engine import RunResult, Trainer, load_data
+from bpfree.engine import RunResult, load_data, run_config
 from bpfree.engine.io import MANIFEST_FIELDS, read_json, write_json
 from bpfree.errors import ConfigError, split_commas
 from bpfree.reporting import write_report
@@ -297,9 +297,9 @@ def _train(
     out: Path, run: PlannedRun | GridRun, data: DataBundle, progress: bool | None, test: bool
 ) -> RunResult:
     run_dir = out / "runs" / run.key
-    return Trainer(
+    return run_config(
         run.config, run_dir, resume=True, progress=progress, data=data, evaluate_test=test
-    ).run()
+    )
 
 
 def _run_local(

@@ -43,6 +43,7 @@ from bpfree.engine.environment import describe, resolve_device
 from bpfree.engine.guard import divergence
 from bpfree.engine.interrupt import RunInterrupted, sigterm_as_interrupt
 from bpfree.engine.loop import EpochStats, evaluate, train_epoch
+from bpfree.engine.pipeline import Group
 from bpfree.engine.result import RunResult, build_result
 from bpfree.engine.rundir import RunDir
 from bpfree.engine.seeding import generator
@@ -55,7 +56,7 @@ from bpfree.meters.suite import MeterSuite
 from bpfree.progress import progress_bar
 from bpfree.rules import Phase, Rule
 
-__all__ = ["CHECKPOINT", "RunInterrupted", "Trainer", "evaluate", "train", "train_epoch"]
+__all__ = ["CHECKPOINT", "RunInterrupted", "Trainer", "evaluate", "train_epoch"]
 
 
 class Trainer:
@@ -71,13 +72,16 @@ class Trainer:
         data: DataBundle | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
         evaluate_test: bool = True,
+        group: Group | None = None,
     ) -> None:
         """``on_epoch(record)`` observes each epoch's metrics record, outside the timed windows
         (it may raise to stop the run, e.g. a pruned tuning trial; it never changes training).
         ``evaluate_test=False`` skips the final test evaluation: tuning trials must not see the
         test set. ``self.cost`` holds the cost readings accumulated so far, also after a hook
-        raised."""
+        raised. ``group``: this process's place in a parallel run (engine/parallel.py starts
+        the processes; rank 0 alone writes the run directory)."""
         self.config = config
+        self.group = group
         self.out = Path(out) if out is not None else None
         self.rundir = RunDir(self.out, resume)
         self.progress = progress
@@ -93,12 +97,21 @@ class Trainer:
         finished = self.rundir.finished()
         if finished is not None:
             return finished
+        if max(self.config.stages, self.config.replicas) > 1 and self.group is None:
+            raise ConfigError(
+                "a run over several processes (stages or replicas > 1) is started by "
+                "bpfree.train or bpfree.engine.parallel.run_config, not by Trainer"
+            )
         ckpt = self.rundir.checkpoint(self.config)
+        if self.group is not None:
+            ckpt = self.group.share(ckpt)  # rank 0 reads the run directory
         phase_plan(self.config)  # a budget that cannot cover the phases fails before any work
         device = resolve_device(self.config.device)
         if self.data is None:
             self.data = load_data(self.config, device)
         rule = build_rule(self.config, self.data, device)
+        if self.group is not None:
+            self.group.setup(rule)
         self.rundir.start(self.config, describe(device))
         with sigterm_as_interrupt():
             return self._train(rule, self.data, device, ckpt)
@@ -212,15 +225,19 @@ class Trainer:
             return None
         before = flops_so_far(state.cost)
         rule.train()
+        if self.group is not None:
+            self.group.ready()
         with windows.measure(TRAIN, state.cost) as train:
             if first:
                 rule.start_phase(phase, data.train_x, data.train_y)
-            stats = train_epoch(rule, data, batches, rule.hp.batch_size, device, *limits)
+            run_epoch = train_epoch if self.group is None else self.group.train_epoch
+            stats = run_epoch(rule, data, batches, rule.hp.batch_size, device, *limits)
         train_loss = self._account(rule, data, stats, first, limits[0] is not None, state)
         if train_loss is None:
             return None
         with windows.measure(SELECTION, state.cost) as ev:
-            val_acc, val_loss = evaluate(rule, data.val_x, data.val_y, self.config.eval_batch_size)
+            score = evaluate if self.group is None else self.group.evaluate
+            val_acc, val_loss = score(rule, data.val_x, data.val_y, self.config.eval_batch_size)
         suite.after_eval(state.cost, rule, state.phase, int(data.val_x.shape[0]), "selection_flops")
         improved = state.stopper.update(
             val_acc if self.config.monitor == "val_accuracy" else val_loss, state.epoch + 1
@@ -242,6 +259,7 @@ class Trainer:
             "steps": stats.steps,
             "train_flops": difference(after[0], before[0]),
             "selection_flops": difference(after[1], before[1]),
+            **({} if self.group is None else self.group.record()),
         }
         state.history.append(record)
         return record
@@ -318,7 +336,8 @@ class Trainer:
     ) -> RunResult:
         """Test once (a completed run), write the result and the model."""
         test = None  # the phases' best weights are restored already (_end_phase)
-        if state.status == "completed" and self.evaluate_test:
+        main = self.group is None or self.group.main  # the state is the same everywhere
+        if state.status == "completed" and self.evaluate_test and main:
             assert self._suite is not None
             with windows.measure(TEST, state.cost):
                 test = evaluate(rule, data.test_x, data.test_y, self.config.eval_batch_size)
@@ -342,19 +361,3 @@ class Trainer:
         if self._suite is not None:  # derived totals; null + reason for anything unmeasured
             cost = self._suite.finish(cost)
         return build_result(self.config, rule, data, status, reason, state, cost, test, self.out)
-
-
-def train(
-    *,
-    out: str | Path | None = None,
-    resume: bool = False,
-    progress: bool | None = None,
-    config: TrainConfig | None = None,
-    **settings: Any,
-) -> RunResult:
-    """Train one rule on one model and dataset. See :class:`TrainConfig` for the settings."""
-    if config is None:
-        config = TrainConfig.build(settings)
-    elif settings:
-        config = config.replace(**settings)
-    return Trainer(config, out, resume=resume, progress=progress).run()

@@ -60,6 +60,14 @@ class RuleInfo:
     # frozen body, or "lora" adapters. A rule offers "head" and "lora" only when its updates
     # leave every parameter with requires_grad=False untouched (the conformance suite checks).
     trainable: tuple[str, ...] = ("all",)
+    # Parallel training (engine/pipeline.py). ``pipeline``: "local" (a stage updates its layers
+    # on their own losses as each batch arrives: pipeline_units/_input/_step), "backprop" (the
+    # stages run by torch.distributed.pipelining: pipeline_units/_forward), or "none", with the
+    # reason in ``pipeline_note``. ``data_parallel``: every update is an optimizer step on
+    # .grad, so replicas can average gradients before it.
+    pipeline: Literal["none", "local", "backprop"] = "none"
+    pipeline_note: str = "it declares no pipeline schedule"
+    data_parallel: bool = False
 
     def native_model(self, dataset_kind: str) -> str:
         """The rule's native network for a dataset kind; ConfigError when it declares none.
@@ -203,6 +211,29 @@ class Rule(ABC):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.modules.parameters())
+
+    # ---- pipeline stages (info.pipeline; engine/pipeline.py drives them) -------------------
+    def pipeline_units(self) -> list[list[nn.Module | torch.Tensor]]:
+        """The units a pipeline splits into contiguous stages, in order: the modules and
+        tensors each one owns (together, every tensor of ``self.modules``). ConfigError when
+        these settings cannot be pipelined."""
+        raise ConfigError(f"rule {self.info.name!r}: {self.info.pipeline_note}")
+
+    def pipeline_input(self, batch: Batch) -> torch.Tensor:
+        """(local) What the first unit receives for a batch; the only place a stage draws from
+        the rule's generator."""
+        raise NotImplementedError
+
+    def pipeline_step(
+        self, start: int, stop: int, h: torch.Tensor, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(local) Units start..stop-1 take one update on input ``h``: (the detached output
+        for the next stage, the sum of their loss contributions to the step's reported loss)."""
+        raise NotImplementedError
+
+    def pipeline_forward(self, unit: int, h: torch.Tensor) -> torch.Tensor:
+        """(backprop) Unit ``unit``'s forward; the last unit's output is the logits."""
+        raise NotImplementedError
 
 
 # ---- the registry ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bpfree.errors import ConfigError
 from bpfree.rules.base import Batch, Rule, RuleInfo, register_rule
 from bpfree.rules.toolkit import OptimizerName, OptimizerSettings, nonnegative, suggest_optimizer
 
@@ -52,6 +53,9 @@ class Backprop(Rule):
         native={"*": "mlp_2x1000", "text": "minilm_l6"},
         baseline=True,
         trainable=("all", "head", "lora"),  # frozen parameters get no gradient, so no step
+        pipeline="backprop",
+        pipeline_note="blocks in order, the head with the last (torch.distributed.pipelining)",
+        data_parallel=True,
     )
     Hparams = BPHparams
     hp: BPHparams
@@ -73,6 +77,20 @@ class Backprop(Rule):
         loss.backward()
         self.opt.step()
         return loss.detach()
+
+    # ---- pipeline stages: one block a unit, the head with the last -------------------------
+    def pipeline_units(self) -> list[list[nn.Module | torch.Tensor]]:
+        assert self.model is not None
+        if self.model.family not in ("mlp", "cnn"):
+            raise ConfigError(f"bp pipelines mlp and cnn bodies, not {self.model.family!r}")
+        units: list[list[nn.Module | torch.Tensor]] = [[b] for b in self.model.blocks]
+        units[-1].append(self.head)
+        return units
+
+    def pipeline_forward(self, unit: int, h: torch.Tensor) -> torch.Tensor:
+        assert self.model is not None
+        h = self.model.blocks[unit](h)
+        return self.head(h.flatten(1)) if unit == len(self.model.blocks) - 1 else h
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         assert self.model is not None

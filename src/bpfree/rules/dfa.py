@@ -84,6 +84,9 @@ class DirectFeedbackAlignment(Rule):
         forward_passes_per_step=1,
         families=("mlp",),
         native={"*": "mlp_2x1000"},
+        pipeline_note="update-locked: every layer's update needs the error at the output of the "
+        "same batch, so a stage would wait for the last (no overlap) or use a stale error; "
+        "neither is offered yet",
     )
     Hparams = DFAHparams
     hp: DFAHparams

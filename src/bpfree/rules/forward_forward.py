@@ -36,6 +36,10 @@ detached features (a third forward pass per step, alongside the FF layers in the
 schedule, in a final phase of its own in the layerwise schedule). It never sees a label-embedded
 positive, so it cannot read the label off the input.
 
+Pipelined (``--stages K``; simultaneous schedule, goodness inference): a layer with its peer
+mean is a unit; stage 0 draws the negative labels and sends the (2B, d) positive-then-negative
+activity on; the parameters equal the single-process run's (tests/test_parallel.py).
+
 Deviations: none in the update. Optimizer Adam (lr 1e-3) rather than Hinton's unstated one; the
 popular port (loeweX/Forward-Forward) uses SGD with momentum, available as ``optimizer="sgd"``.
 ``lr_cooldown = True`` (a setting every rule shares, applied by the framework) decays the step
@@ -143,6 +147,10 @@ class ForwardForward(Rule):
         forward_passes_per_step=2,  # positive + negative (3 with predict_mode="classifier")
         families=("mlp",),
         native={"*": "mlp_4x2000"},  # Hinton 2022 (MNIST 1.36% error after 60 epochs)
+        pipeline="local",
+        pipeline_note="the simultaneous schedule with goodness inference pipelines (the "
+        "classifier reads every layer; the layerwise schedule trains one layer)",
+        data_parallel=True,
     )
     Hparams = FFHparams
     hp: FFHparams
@@ -247,20 +255,24 @@ class ForwardForward(Rule):
     def _ff_layers(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         """Positive and negative data through the layers; each trained layer's loss is
         back-propagated within the layer at once. Returns the layers' detached BCE losses."""
-        n, hp = x.shape[0], self.hp
-        pos = embed_label(x, y, self.num_classes, hp.label_scale)
-        neg = embed_label(x, self.negative_labels(y), self.num_classes, hp.label_scale)
-        h = torch.cat([pos, neg])  # (2B, D)
-        target = torch.cat([x.new_ones(n), x.new_zeros(n)])  # (2B,)
-        train_from = self.n_active - 1 if hp.schedule == "layerwise" else 0
+        h = self._pos_neg(x, y)  # (2B, D)
+        train_from = self.n_active - 1 if self.hp.schedule == "layerwise" else 0
         with torch.no_grad():  # frozen layers below the one in training
             for k in range(train_from):
                 h = self._layer(k, h)
-        bces: list[torch.Tensor] = []
+        return self._train_layers(h, train_from, self.n_active, x.shape[0])[1]
+
+    def _train_layers(
+        self, h: torch.Tensor, start: int, stop: int, n: int
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Layers start..stop-1 on (2n, d) positive-then-negative input, each back-propagated
+        within itself at once: (the last layer's detached output, their detached BCE losses)."""
+        hp, bces = self.hp, []
+        target = torch.cat([h.new_ones(n), h.new_zeros(n)])  # (2n,)
 
         def local_loss(i: int, a: torch.Tensor) -> torch.Tensor:
-            k = train_from + i
-            goodness = a.pow(2).sum(dim=1)  # (2B,)
+            k = start + i
+            goodness = a.pow(2).sum(dim=1)  # (2n,)
             loss = F.binary_cross_entropy_with_logits(goodness - self.thresholds[k], target)
             bces.append(loss.detach())
             if hp.peer_norm > 0:
@@ -269,9 +281,40 @@ class ForwardForward(Rule):
                 self.peer.set(k, m.detach())
             return loss
 
-        layers = [lambda h, k=k: self._layer(k, h) for k in range(train_from, self.n_active)]
-        layer_by_layer(h, layers, local_loss)
-        return bces
+        layers = [lambda h, k=k: self._layer(k, h) for k in range(start, stop)]
+        out, _ = layer_by_layer(h, layers, local_loss)
+        return out, bces
+
+    # ---- pipeline stages: a layer with its peer mean is a unit ------------------------------
+    def pipeline_units(self) -> list[list[nn.Module | torch.Tensor]]:
+        assert self.model is not None
+        if self.hp.schedule != "simultaneous" or self.hp.predict_mode != "goodness":
+            raise ConfigError(
+                f"ff with schedule={self.hp.schedule!r}, predict_mode={self.hp.predict_mode!r}: "
+                + self.info.pipeline_note
+            )
+        return [[block, self.peer[k]] for k, block in enumerate(self.model.blocks)]
+
+    def pipeline_input(self, batch: Batch) -> torch.Tensor:
+        return self._pos_neg(batch.x.flatten(1), batch.y)
+
+    def _pos_neg(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Positive then negative copies of flat inputs (B, D), labels embedded: (2B, D)."""
+        scale = self.hp.label_scale
+        pos = embed_label(x, y, self.num_classes, scale)
+        neg = embed_label(x, self.negative_labels(y), self.num_classes, scale)
+        return torch.cat([pos, neg])
+
+    def pipeline_step(
+        self, start: int, stop: int, h: torch.Tensor, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.opt.zero_grad(set_to_none=True)
+        out, bces = self._train_layers(h, start, stop, batch.y.shape[0])
+        self.opt.step()  # steps only the parameters with gradients: this stage's
+        total = torch.zeros((), device=h.device)
+        for bce in bces:
+            total = total + bce
+        return out, total / len(self.thresholds)
 
     # ---- inference -----------------------------------------------------------------------
     def forward_passes(self) -> int:

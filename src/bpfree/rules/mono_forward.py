@@ -19,6 +19,11 @@ Schedules:
     (early stopping on the validation accuracy of G_1), is frozen, then layer 2, and so on;
     one trainer phase per layer.
 
+Pipelined (``--stages K``, the simultaneous schedule): a layer with its projection is a unit;
+each stage runs its layers' steps on a batch as soon as it arrives and sends the detached output
+on, so every layer still sees the output of the layer below from before that layer's update of
+the same batch: the parameters equal the single-process run's (tests/test_parallel.py).
+
 Inference: argmax of the last layer's scores G_L (default) or, with ``predict_from = "sum"``,
 of sum_l softmax(G_l). No projection M_0 on the raw input is made (useless for inference).
 
@@ -33,6 +38,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from bpfree.errors import ConfigError
 from bpfree.rules.base import Batch, Phase, Rule, RuleInfo, register_rule
 from bpfree.rules.toolkit import OptimizerSettings, layer_by_layer, local_heads, suggest_optimizer
 
@@ -62,6 +68,9 @@ class MonoForward(Rule):
         forward_passes_per_step=1,
         families=("mlp",),
         native={"grayscale": "mlp_2x1000", "color": "mlp_3x2000"},  # Gong et al. 2025
+        pipeline="local",
+        pipeline_note="the simultaneous schedule pipelines; the sequential one trains one layer",
+        data_parallel=True,
     )
     Hparams = MFHparams
     hp: MFHparams
@@ -121,6 +130,33 @@ class MonoForward(Rule):
         for loss in losses:
             total = total + loss
         return total / len(losses)
+
+    # ---- pipeline stages: a layer with its projection is a unit ------------------------------
+    def pipeline_units(self) -> list[list[torch.nn.Module | torch.Tensor]]:
+        assert self.model is not None
+        if self.hp.schedule != "simultaneous":
+            raise ConfigError(f"mf with schedule={self.hp.schedule!r}: {self.info.pipeline_note}")
+        return [[b, p] for b, p in zip(self.model.blocks, self.projections, strict=True)]
+
+    def pipeline_input(self, batch: Batch) -> torch.Tensor:
+        return batch.x
+
+    def pipeline_step(
+        self, start: int, stop: int, h: torch.Tensor, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layers start..stop-1 as in train_step: each sees the output of the layer below from
+        before that layer's update of this batch, so a pipeline computes what one process does."""
+        assert self.model is not None
+        blocks = list(self.model.blocks[start:stop])
+        self.opt.zero_grad(set_to_none=True)
+        out, losses = layer_by_layer(
+            h, blocks, lambda k, a: F.cross_entropy(self.projections[start + k](a), batch.y)
+        )
+        self.opt.step()  # steps only the parameters with gradients: this stage's
+        total = torch.zeros((), device=batch.y.device)
+        for loss in losses:
+            total = total + loss
+        return out, total / len(self.model.blocks)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         assert self.model is not None

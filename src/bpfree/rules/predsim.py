@@ -72,6 +72,10 @@ Choices and deviations:
 
 The reported training loss is the sum of the blocks' local losses and the output layer's loss
 (the code's loss_local + loss_global).
+
+Pipelined (``--stages K``): a block with its local heads is a unit (W_out goes with the last);
+each stage steps its blocks' optimizers as soon as its blocks have run on a batch, as the
+reference code does, and the parameters equal the single-process run's (tests/test_parallel.py).
 """
 
 from __future__ import annotations
@@ -178,6 +182,8 @@ class PredSim(Rule):
         forward_passes_per_step=1,
         families=("mlp", "cnn"),
         native={"*": "mlp_3x1024"},  # the paper's MNIST MLP (without BN, dropout, LeakyReLU)
+        pipeline="local",
+        data_parallel=True,
     )
     Hparams = PredSimHparams
     hp: PredSimHparams
@@ -253,6 +259,40 @@ class PredSim(Rule):
         for opt in self.opts.values():
             opt.step()
         return torch.stack(losses).sum() + out_loss.detach()
+
+    # ---- pipeline stages: a block with its local heads is a unit, W_out goes with the last --
+    def pipeline_units(self) -> list[list[nn.Module | torch.Tensor]]:
+        assert self.model is not None
+        units: list[list[nn.Module | torch.Tensor]] = [
+            [block, heads] for block, heads in zip(self.model.blocks, self.heads, strict=True)
+        ]
+        units[-1].append(self.out)
+        return units
+
+    def pipeline_input(self, batch: Batch) -> torch.Tensor:
+        return batch.x
+
+    def pipeline_step(
+        self, start: int, stop: int, h: torch.Tensor, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks start..stop-1 as in train_step (and W_out with the last block)."""
+        assert self.model is not None
+        last = stop == len(self.model.blocks)
+        opts = [self.opts[f"block{k}"] for k in range(start, stop)]
+        opts += [self.opts["out"]] if last else []
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        y = batch.y
+        blocks = list(self.model.blocks[start:stop])
+        out, losses = layer_by_layer(h, blocks, lambda k, a: self.local_loss(start + k, a, y))
+        total = torch.stack(losses).sum()
+        if last:
+            out_loss = self.output_loss(out, y)
+            out_loss.backward()
+            total = total + out_loss.detach()
+        for opt in opts:
+            opt.step()
+        return out, total
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         assert self.model is not None
