@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -107,21 +108,34 @@ def test_fg_guess_projects_the_global_gradient_on_each_local_guess() -> None:
         torch.testing.assert_close(p.grad, w)
 
 
-def test_fg_local_update_is_the_block_vjp_of_the_activity_forward_gradient() -> None:
-    """Block j gets vjp(block_j, d * u / B), d[i] = grad_{a[i]} l[i] . u[i] (reverse mode here)."""
-    case = RuleCase("fg_local", "mlp_2x8")
+@pytest.mark.parametrize("groups", [1, 3, 8, 50])
+def test_fg_local_update_is_the_linear_vjp_of_the_grouped_activity_forward_gradient(
+    groups: int,
+) -> None:
+    """Block j's linear map gets vjp(z -> W x + b, g_z / B) with g_z[i, k] = d[i, g(k)] u[i, k]
+    relu'(z[i, k]), d[i, g] = grad_{a[i], group g} l[i] . (relu'(z) u)[i, group g]: the reference
+    by reverse mode (only here, in the test). Groups are contiguous, of size ceil(8 / G); G = 50
+    is capped at the width, 8."""
+    case = RuleCase("fg_local", "mlp_2x8", {"groups": groups})
     rule = case.make()
     batch = _batch(case)
     state = rule.generator.get_state()
     expected, h = [], batch.x
     for j, block in enumerate(rule.model.blocks):
         params = list(block.parameters())
-        a = block(h)
-        u = torch.randn(a.shape, generator=rule.generator)
+        z = block.linear(h.flatten(1))
+        a = torch.relu(z)
+        u = torch.randn(z.shape, generator=rule.generator)
         per_sample = F.cross_entropy(rule.aux[j](a), batch.y, reduction="none")
         grad_a = torch.autograd.grad(per_sample.sum(), a, retain_graph=True)[0]
-        d = (grad_a * u).sum(1, keepdim=True)
-        block_grads = torch.autograd.grad(a, params, grad_outputs=d * u / a.shape[0])
+        keep = (z > 0).float()
+        size = -(-z.shape[1] // min(groups, z.shape[1]))
+        g_z = torch.zeros_like(z)
+        for lo in range(0, z.shape[1], size):
+            part = slice(lo, lo + size)
+            d = (grad_a[:, part] * keep[:, part] * u[:, part]).sum(1, keepdim=True)
+            g_z[:, part] = d * u[:, part] * keep[:, part]
+        block_grads = torch.autograd.grad(z, params, grad_outputs=g_z / z.shape[0])
         h = a.detach()
         local = F.cross_entropy(rule.aux[j](h), batch.y)
         aux_grads = torch.autograd.grad(local, list(rule.aux[j].parameters()))
@@ -133,3 +147,21 @@ def test_fg_local_update_is_the_block_vjp_of_the_activity_forward_gradient() -> 
             torch.testing.assert_close(p.grad, w, rtol=1e-4, atol=1e-7)
         for p, w in zip(rule.aux[j].parameters(), aux_grads, strict=True):
             torch.testing.assert_close(p.grad, w, rtol=1e-4, atol=1e-7)
+
+
+def test_fg_local_one_group_per_unit_is_the_local_gradient_times_u_squared() -> None:
+    """With a group per unit, block j's forward gradient is grad_z l_j * u^2: its mean over many
+    draws is the true local gradient (here: one draw, checked against that identity)."""
+    case = RuleCase("fg_local", "mlp_1x8", {"groups": 8})
+    rule = case.make()
+    batch = _batch(case)
+    block = rule.model.blocks[0]
+    state = rule.generator.get_state()
+    z = block.linear(batch.x.flatten(1))
+    u = torch.randn(z.shape, generator=rule.generator)
+    loss = F.cross_entropy(rule.aux[0](torch.relu(z)), batch.y)
+    (grad_z,) = torch.autograd.grad(loss, z)  # includes the 1 / B of the mean
+    want = torch.autograd.grad(z, block.linear.weight, grad_outputs=grad_z * u * u)[0]
+    rule.generator.set_state(state)
+    rule.train_step(batch)
+    torch.testing.assert_close(block.linear.weight.grad, want, rtol=1e-4, atol=1e-7)
