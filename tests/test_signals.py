@@ -14,11 +14,28 @@ from bpfree.signals import deferred_interrupts, sigterm_as_interrupt
 
 
 def test_sigint_inside_the_block_is_raised_after_it() -> None:
+    """Under Python's own Ctrl-C handler (a process started in the background by a
+    non-interactive shell inherits SIGINT ignored, and an ignored signal stays ignored)."""
     finished = False
-    with pytest.raises(KeyboardInterrupt), deferred_interrupts():
-        os.kill(os.getpid(), signal.SIGINT)
-        finished = True
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            finished = True
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert finished
+
+
+def test_an_ignored_sigint_stays_ignored() -> None:
+    """The signal is re-raised to the handler installed before: SIG_IGN ignores it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_sigterm_mid_write_leaves_a_whole_file_then_interrupts(
