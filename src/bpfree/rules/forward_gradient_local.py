@@ -26,6 +26,8 @@ loss of group g is the shared local loss with gradients flowing only into group 
 (the paper's group-wise local losses, computed in the reference code as one directional
 derivative per group from a shared linear readout). G = 1 is plain activity perturbation;
 G = d_j gives every unit its own derivative, the true local gradient times u_k^2.
+``tangents = k`` draws k perturbations per block and step and averages their forward gradients
+(the reference code's ``num_passes``): unbiased, variance / k, k head-sized jvps.
 
 Each block's graph is freed once its update is computed, before the next block runs, so
 activation memory stays one block's. Reverse mode is used within a block
@@ -67,6 +69,7 @@ GROUP_CHOICES = (1, 10, 100, 1000)
 @dataclass(frozen=True)
 class FGLocalHparams(OptimizerSettings):
     groups: int = at_least(1000, 1)  # local groups per block (capped at the block's width)
+    tangents: int = at_least(1, 1)  # perturbations per step, their forward gradients averaged
 
     @classmethod
     def suggest(cls, trial: Any) -> FGLocalHparams:
@@ -146,10 +149,12 @@ class ForwardGradientLocal(Rule):
             with torch.no_grad():
                 keep = self.keep_mask(block, z)
                 a = z * keep  # relu(z) (and dropout)
-                u = torch.randn(z.shape, generator=self.generator, device=z.device)
-                d = self.group_derivatives(j, a, keep * u, batch.y)  # (B, G)
-                g_z = (d.unsqueeze(2) * grouped(u, d.shape[1])).flatten(1)[:, : z.shape[1]]
-                g_z.mul_(keep)
+                g_z = torch.zeros_like(z)
+                for _ in range(self.hp.tangents):  # averaged: variance / tangents
+                    u = torch.randn(z.shape, generator=self.generator, device=z.device)
+                    d = self.group_derivatives(j, a, keep * u, batch.y)  # (B, G)
+                    g_z += (d.unsqueeze(2) * grouped(u, d.shape[1])).flatten(1)[:, : z.shape[1]]
+                g_z.mul_(keep / self.hp.tangents)
             # dW = g_z^T x / B, db = sum g_z / B: the linear map's vjp, started from the scalar
             # <z, g_z> / B (a backward from a non-scalar left the FLOP probe's hooks holding a
             # tensor per block).
