@@ -117,8 +117,7 @@ class ForwardGradientLocal(Rule):
         """d[i, g] = grad_{a[i], group g} l_j[i] . t[i, group g], shape (B, G), forward mode."""
         head = self.aux[j]
         groups = min(self.hp.groups, a.shape[1])
-        # The linear head's tangent map, one group at a time: (B, G, k) x (C, G, k) -> (B, G, C).
-        t_logits = torch.einsum("bgk,cgk->bgc", grouped(t, groups), grouped(head.weight, groups))
+        t_groups, w_groups = grouped(t, groups), grouped(head.weight, groups)
         logits = head(a)
 
         def losses(lg: torch.Tensor) -> torch.Tensor:  # (B,): separable per sample
@@ -127,8 +126,18 @@ class ForwardGradientLocal(Rule):
         def derivative(tangent: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B,)
             return jvp(losses, (logits,), (tangent,))[1]
 
-        # G jvps of the same primal, batched over the groups' tangents.
-        return vmap(derivative, in_dims=1, out_dims=1)(t_logits)
+        # The groups' logit tangents are (B, G, C): done in chunks of about d / C groups, so
+        # no temporary is much larger than the block's output (B, d).
+        chunk = max(1, a.shape[1] // logits.shape[1])
+        parts = []
+        for lo in range(0, groups, chunk):
+            # The linear head's tangent map, group by group: (B, g, k) x (C, g, k) -> (B, g, C);
+            # then the jvps of the same primal, batched over those g tangents.
+            t_logits = torch.einsum(
+                "bgk,cgk->bgc", t_groups[:, lo : lo + chunk], w_groups[:, lo : lo + chunk]
+            )
+            parts.append(vmap(derivative, in_dims=1, out_dims=1)(t_logits))
+        return torch.cat(parts, dim=1)
 
     def keep_mask(self, block: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
         """relu'(z), times the block's inverted-dropout mask in training (from the rule's
