@@ -42,9 +42,10 @@ Where this departs from the paper:
     after a layer norm, before the ReLU); an earlier version here perturbed a_j after the ReLU,
     which let dead units add variance to every derivative.
   * Optimizer Adam lr 1e-3 (the toolkit's default; the paper's runs used SGD with momentum and
-    a warm-up cosine schedule on other networks). ``groups`` defaults to the width of the
-    native network's blocks, 1000: the lowest-variance setting; the comparison's settings were
-    chosen on validation by the tuner (see benchmarks/results/forward_gradients.md).
+    a warm-up cosine schedule on other networks). ``groups`` defaults to 1000, one group per
+    unit of the native network's blocks: the lowest-variance setting, chosen from the
+    estimator, not from results. ``tangents`` defaults to 1; the committed comparison's
+    ``tangents=4`` was hand-picked (benchmarks/results/forward_gradients.md).
 
 The reported training loss is the last block's local loss (that of the output head).
 """
