@@ -38,6 +38,7 @@ VARIANTS: dict[str, list[dict[str, object]]] = {
         {"predictor_loss": "sl"},
     ],
     "bp": [{"__model__": "cnn_3block"}, {"lr_cooldown": True}],
+    "dfa": [{"pipeline_error": "stale"}],
     "fg": [{"tangents": 3}, {"tangents": 3, "combine": "project"}, {"__model__": "cnn_3block"}],
     "pepita": [{"last_error": "standard"}, {"__model__": "mlp_2x32"}],
     "foton": [{"__model__": "mlp_3x32"}],

@@ -136,6 +136,7 @@ def _flag_cases(tmp: Path) -> list[list[str]]:
             "--stages": BAD_COUNT,
             "--replicas": BAD_COUNT,
             "--micro-batches": BAD_COUNT,
+            "--pipeline-schedule": ["1F1B", "interleaved", "", LONG],
         },
         "compare": {
             "--rules": [

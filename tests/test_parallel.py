@@ -7,12 +7,14 @@ rule and variant of the registry that declares a pipeline; the others start real
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -85,6 +87,21 @@ def test_stages_compute_what_one_process_computes(name: str, variant: dict[str, 
             assert torch.allclose(total, want, atol=1e-6)
         want_state, got_state = one.modules.state_dict(), staged.modules.state_dict()
         assert all(torch.equal(want_state[k], got_state[k]) for k in want_state)
+    elif staged.info.pipeline == "feedback":  # the error of the last stage, applied at once
+        for _ in range(3):
+            want = one.train_step(batch)
+            h, saved = staged.pipeline_input(batch), []
+            for span in spans:
+                h, acts = staged.pipeline_forward_span(span.start, span.stop, h)
+                saved.append(acts)
+            e, loss = staged.pipeline_top(spans[-1].start, saved[-1], batch)
+            for span, acts in zip(spans[:-1], saved[:-1], strict=True):
+                staged.pipeline_update(span.start, acts, e)
+            assert torch.equal(loss, want)
+        want_state, got_state = one.modules.state_dict(), staged.modules.state_dict()
+        assert all(torch.equal(want_state[k], got_state[k]) for k in want_state)
+        assert staged.pipeline_lag(0, 3) == (2 if variant.get("pipeline_error") == "stale" else 0)
+        assert staged.pipeline_lag(2, 3) == 0  # the last stage has its error at once
     else:  # backprop: the units' forwards, composed, are the rule's prediction
         h = batch.x
         for unit in range(len(units)):
@@ -118,16 +135,72 @@ def test_pipelined_local_rule_ends_with_identical_parameters(rule: str, tmp_path
     assert '"parallel": "pipeline"' in record and '"bytes_sent"' in record
 
 
-@pytest.mark.parametrize("how", [{"stages": 2}, {"replicas": 2}])
-def test_parallel_backprop_trains_as_one_process(how: dict[str, int], tmp_path: Path) -> None:
-    """Pipelined (GPipe, micro-batch gradients averaged) and data-parallel (gradients averaged
-    over the shards) backprop take the single-process steps up to float rounding."""
+def _schedule(run_dir: Path) -> str:
+    return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["schedule"]
+
+
+# the schedule each batch size ran: digits' training set gives batches of 128 and a last of 70
+# (70: at most 2 equal micro-batches up to 4, too few for 1F1B over 3 stages: GPipe, stated)
+SCHEDULES = [
+    ({"stages": 2}, "batch 70: GPipe, 2 micro-batches; batch 128: GPipe, 4 micro-batches"),
+    (
+        {"stages": 2, "pipeline_schedule": "1f1b"},
+        "batch 70: 1F1B, 2 micro-batches; batch 128: 1F1B, 4 micro-batches",
+    ),
+    (
+        {"stages": 3, "pipeline_schedule": "1f1b"},
+        "batch 70: GPipe, 2 micro-batches; batch 128: 1F1B, 4 micro-batches",
+    ),
+    ({"replicas": 2}, "data parallel: gradients averaged over the replicas before every step"),
+]
+
+
+@pytest.mark.parametrize(("how", "schedule"), SCHEDULES, ids=str)
+def test_parallel_backprop_trains_as_one_process(
+    how: dict[str, Any], schedule: str, tmp_path: Path
+) -> None:
+    """Pipelined (GPipe or 1F1B, micro-batch gradients averaged) and data-parallel (gradients
+    averaged over the shards) backprop take the single-process steps up to float rounding, and
+    the record states the schedule that ran."""
     one = train(rule="bp", **SMALL, out=tmp_path / "one", progress=False)
     par = train(rule="bp", **SMALL, **how, out=tmp_path / "par", progress=False)
     assert par.status == "completed"
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "par")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     assert abs(par.to_dict()["metrics"]["val_loss"] - one.to_dict()["metrics"]["val_loss"]) < 1e-4
+    assert _schedule(tmp_path / "par") == schedule
+
+
+def test_pipelined_dfa_waits_for_the_error_or_runs_stale(tmp_path: Path) -> None:
+    """Update-locked DFA over two processes: waiting for each batch's error computes what one
+    process computes, bit for bit; the stale schedule (stage 0 applies batch i's error after it
+    has forwarded batch i+1) is a different algorithm, still trains, applies every batch's
+    update within the epoch, and its record says how late."""
+    settings = {**SMALL, "epochs": 3, "hparams": {"lr": 1e-2}}
+    one = train(rule="dfa", **settings, out=tmp_path / "one", progress=False)
+    wait = train(rule="dfa", **settings, stages=2, out=tmp_path / "wait", progress=False)
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "wait")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert wait.to_dict()["metrics"] == one.to_dict()["metrics"]
+    assert "lags [0, 0]" in _schedule(tmp_path / "wait")
+    stale_hp = {"lr": 1e-2, "pipeline_error": "stale"}
+    stale = train(
+        rule="dfa",
+        **{**settings, "hparams": stale_hp},
+        stages=2,
+        out=tmp_path / "stale",
+        progress=False,
+    )
+    c = _weights(tmp_path / "stale")
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # not the single-process algorithm
+    metrics = stale.to_dict()["metrics"]
+    assert metrics["optimizer_steps"] == one.to_dict()["metrics"]["optimizer_steps"]
+    assert metrics["val_accuracy"] > 0.4 and one.to_dict()["metrics"]["val_accuracy"] > 0.4
+    assert "lags [1, 0]" in _schedule(tmp_path / "stale")
+    # one process: the stale setting has nothing to be late for
+    train(rule="dfa", **{**settings, "hparams": stale_hp}, out=tmp_path / "alone", progress=False)
+    d = _weights(tmp_path / "alone")
+    assert all(torch.equal(a[k], d[k]) for k in a)
 
 
 def test_data_parallel_local_rule_averages_gradients(tmp_path: Path) -> None:
@@ -141,7 +214,18 @@ def test_data_parallel_local_rule_averages_gradients(tmp_path: Path) -> None:
 
 def test_parallel_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="cannot be split into pipeline stages"):
-        TrainConfig.build({"rule": "dfa", "dataset": "digits", "stages": 2})
+        TrainConfig.build({"rule": "fa", "dataset": "digits", "stages": 2})
+    with pytest.raises(ConfigError, match="1f1b needs micro_batches >= stages"):
+        TrainConfig.build(
+            {
+                "rule": "bp",
+                "dataset": "digits",
+                "model": "mlp_4x64",
+                "stages": 4,
+                "micro_batches": 2,
+                "pipeline_schedule": "1f1b",
+            }
+        )
     with pytest.raises(ConfigError, match="not both"):
         TrainConfig.build({"rule": "mf", "dataset": "digits", "stages": 2, "replicas": 2})
     with pytest.raises(ConfigError, match="budget_seconds"):

@@ -191,7 +191,13 @@ def finetune_arguments(p: argparse.ArgumentParser) -> None:
         "--micro-batches",
         type=int,
         metavar="M",
-        help="backprop pipeline: micro-batches per batch (GPipe; default 4)",
+        help="backprop pipeline: micro-batches per batch (default 4)",
+    )
+    p.add_argument(
+        "--pipeline-schedule",
+        choices=("gpipe", "1f1b"),
+        help="backprop pipeline: GPipe (all forwards, then all backwards; default) or 1F1B "
+        "(one forward, one backward: fewer micro-batches' activations held)",
     )
     p.add_argument(
         "--replicas",
@@ -209,6 +215,7 @@ def finetune_settings(args: argparse.Namespace) -> dict[str, Any]:
         "max_length": args.max_length,
         "stages": args.stages,
         "micro_batches": args.micro_batches,
+        "pipeline_schedule": args.pipeline_schedule,
         "replicas": args.replicas,
     }
     return {k: v for k, v in values.items() if v is not None}

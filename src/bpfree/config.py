@@ -61,7 +61,8 @@ class TrainConfig:
     max_length: int = 128  # text: tokens per example after truncation
     # Parallel training (engine/parallel.py; left out of to_dict at their defaults)
     stages: int = 1  # pipeline stages, one process each (RuleInfo.pipeline)
-    micro_batches: int = 4  # backprop pipeline: micro-batches per batch (GPipe)
+    micro_batches: int = 4  # backprop pipeline: micro-batches per batch
+    pipeline_schedule: Literal["gpipe", "1f1b"] = "gpipe"  # backprop pipeline's schedule
     replicas: int = 1  # data-parallel processes, each on a shard of every batch
     hparams: dict[str, Any] = field(default_factory=dict)
 
@@ -127,6 +128,11 @@ class TrainConfig:
                 self.stages >= 1 and self.replicas >= 1 and self.micro_batches >= 1,
                 "stages, replicas and micro_batches must be >= 1, got "
                 f"{self.stages}, {self.replicas}, {self.micro_batches}",
+            ),
+            (
+                self.pipeline_schedule == "gpipe" or self.micro_batches >= self.stages,
+                f"pipeline_schedule 1f1b needs micro_batches >= stages, got {self.micro_batches} "
+                f"< {self.stages}",
             ),
             (
                 self.stages == 1 or self.replicas == 1,
@@ -209,6 +215,7 @@ OPTIONAL_FIELDS: dict[str, Any] = {
     "max_length": 128,
     "stages": 1,
     "micro_batches": 4,
+    "pipeline_schedule": "gpipe",
     "replicas": 1,
 }
 

@@ -18,6 +18,13 @@ the single-process ones (rank 0 evaluates and writes; the others receive its num
   with the GPipe schedule: every batch is cut into ``micro_batches`` micro-batches, all
   forwards, then all backwards (gradients averaged over the micro-batches: the batch mean),
   then each stage's optimizer step; the bubble is (K-1)/(micro_batches+K-1) of each step.
+  ``pipeline_schedule = "1f1b"``: one forward, one backward in turn (the same gradients and
+  bubble, fewer micro-batches' activations held at once).
+* **Pipeline, update-locked rules** (``"feedback"``, dfa): each stage forwards its layers and
+  sends the output on; the last stage computes the output error, updates its layers and sends
+  the error (B x C) to every stage, which applies it ``rule.pipeline_lag`` batches later: 0
+  waits (the single-process algorithm, no overlap), more lets a stage forward the next batches
+  first (its forward weights that many updates behind). Stated in the record's ``schedule``.
 * **Data parallel** (``replicas = K``): every process takes its shard of every batch, and an
   optimizer step pre-hook averages the gradients over the processes (``all_reduce``, what DDP
   does, without its overlap of communication and backward) before every step.
@@ -30,102 +37,29 @@ the time spent waiting for input, the bytes it sent and its peak resident memory
 
 from __future__ import annotations
 
-import resource
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 
 from bpfree.config import TrainConfig
 from bpfree.data import DataBundle
 from bpfree.engine.loop import EpochStats, evaluate
+from bpfree.engine.stages import (
+    Pending,
+    StageModule,
+    StageTimes,
+    receive,
+    send,
+    split_units,
+    unit_tensors,
+)
 from bpfree.errors import ConfigError
 from bpfree.rules import Batch, Rule
 
-HEADER = 5  # ndim and up to four sizes of the tensor a stage sends on
-IN_FLIGHT = 2  # batches a stage may send ahead of its receiver
-
-
-def split_units(costs: list[int], k: int) -> list[range]:
-    """Contiguous ranges of ``costs`` into k non-empty parts with the smallest largest sum."""
-    n = len(costs)
-    if not 1 <= k <= n:
-        raise ConfigError(f"cannot split {n} pipeline units into {k} stages")
-    prefix = [0]
-    for c in costs:
-        prefix.append(prefix[-1] + c)
-    inf = float("inf")
-    best = [[inf] * (n + 1) for _ in range(k + 1)]  # best[j][i]: first i units in j parts
-    cut = [[0] * (n + 1) for _ in range(k + 1)]
-    best[0][0] = 0
-    for j in range(1, k + 1):
-        for i in range(j, n + 1):
-            for m in range(j - 1, i):
-                value = max(best[j - 1][m], prefix[i] - prefix[m])
-                if value < best[j][i]:
-                    best[j][i], cut[j][i] = value, m
-    bounds, i = [n], n
-    for j in range(k, 0, -1):
-        i = cut[j][i]
-        bounds.append(i)
-    bounds.reverse()
-    return [range(bounds[j], bounds[j + 1]) for j in range(k)]
-
-
-def unit_tensors(unit: list[nn.Module | torch.Tensor]) -> list[torch.Tensor]:
-    """Every parameter and buffer of a unit's modules, and its loose tensors, in order."""
-    out: list[torch.Tensor] = []
-    for part in unit:
-        if isinstance(part, torch.Tensor):
-            out.append(part)
-        else:
-            out.extend(part.parameters())
-            out.extend(part.buffers())
-    return out
-
-
-@dataclass
-class StageTimes:
-    """What one process did in one training window."""
-
-    wall_s: float = 0.0
-    cpu_s: float = 0.0
-    wait_s: float | None = 0.0
-    bytes_sent: int = 0
-    sync_s: float = 0.0
-    compute_s: float = 0.0  # in the rule's own step (local pipeline)
-    process_cpu_s: float = 0.0  # every thread of the process (communication threads too)
-
-    def record(self) -> dict[str, Any]:
-        rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        return {
-            "wall_s": round(self.wall_s, 4),
-            "busy": round(self.cpu_s / self.wall_s, 4) if self.wall_s > 0 else None,
-            "wait_s": None if self.wait_s is None else round(self.wait_s, 4),
-            "bytes_sent": self.bytes_sent,
-            "sync_s": round(self.sync_s, 4),
-            "compute_s": round(self.compute_s, 4),
-            "process_cpu_s": round(self.process_cpu_s, 4),
-            "peak_rss_mib": round(rss_kib / 1024, 1),
-        }
-
-
-class _StageModule(nn.Module):
-    """Units start..stop-1 of a backprop rule as one module for torch.distributed.pipelining."""
-
-    def __init__(self, rule: Rule, units: list[list[nn.Module | torch.Tensor]], span: range):
-        super().__init__()
-        self.rule, self.span = [rule], span  # a list: the rule is not a submodule
-        self.parts = nn.ModuleList(m for u in span for m in units[u] if isinstance(m, nn.Module))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        for unit in self.span:
-            h = self.rule[0].pipeline_forward(unit, h)
-        return h
+__all__ = ["Group", "split_units", "unit_tensors"]
 
 
 class Group:
@@ -136,6 +70,8 @@ class Group:
         self.mode = "pipeline" if config.stages > 1 else "data"
         self.times = StageTimes()
         self._schedules: dict[int, Any] = {}
+        self._described: dict[int, str] = {}  # backprop: the schedule of each batch size
+        self.lags: list[int] = []  # feedback: rule.pipeline_lag of each stage
         self._hooked: set[int] = set()
 
     @property
@@ -160,6 +96,8 @@ class Group:
         if self.mode != "pipeline":
             return
         self.units = rule.pipeline_units()
+        if self.kind == "feedback":  # batches each stage forwards before a batch's error lands
+            self.lags = [rule.pipeline_lag(stage, self.world) for stage in range(self.world)]
         self.tensors = [unit_tensors(u) for u in self.units]
         covered = {id(t) for ts in self.tensors for t in ts}
         every = [*rule.modules.parameters(), *rule.modules.buffers()]
@@ -190,10 +128,10 @@ class Group:
         n = data.train_x.shape[0]
         perm = torch.randperm(n, generator=batches).to(device)  # (n,)
         stats = EpochStats(torch.zeros((), device=device), None, 0, 0)
-        step = {"local": self._local_step, "backprop": self._backprop_step}.get(
-            self.kind, self._replica_step
-        )
-        pending: list[tuple[Any, torch.Tensor]] = []
+        steps = {"local": self._local_step, "backprop": self._backprop_step}
+        step = {**steps, "feedback": self._feedback_step}.get(self.kind, self._replica_step)
+        pending: Pending = []
+        self._late: list[list[torch.Tensor]] = []  # feedback: batches waiting for their error
         for start in range(0, n, batch_size):
             if max_steps is not None and stats.steps >= max_steps:
                 break
@@ -204,6 +142,8 @@ class Group:
             stats.loss_sum += loss
             stats.steps += 1
             stats.samples += int(idx.shape[0])
+        while self._late:  # every batch's update lands in its epoch
+            self._apply_error(rule, device)
         for work, _ in pending:
             work.wait()
         begin = time.perf_counter()
@@ -215,41 +155,53 @@ class Group:
         self.times.process_cpu_s = time.process_time() - pcpu
         return stats
 
-    def _local_step(
-        self, rule: Rule, batch: Batch, pending: list[tuple[Any, torch.Tensor]]
-    ) -> torch.Tensor:
-        h = rule.pipeline_input(batch) if self.rank == 0 else self._receive(batch.x.device)
+    def _local_step(self, rule: Rule, batch: Batch, pending: Pending) -> torch.Tensor:
+        device = batch.x.device
+        h = (
+            rule.pipeline_input(batch)
+            if self.rank == 0
+            else receive(self.rank - 1, device, self.times)
+        )
         begin = time.perf_counter()
         out, loss = rule.pipeline_step(self.span.start, self.span.stop, h, batch)
         self.times.compute_s += time.perf_counter() - begin
         if self.rank < self.world - 1:
-            self._send(out, pending)
+            send(out, self.rank + 1, pending, self.times)
         return loss
 
-    def _send(self, out: torch.Tensor, pending: list[tuple[Any, torch.Tensor]]) -> None:
-        while len(pending) >= 2 * IN_FLIGHT:  # header and payload per batch
-            pending.pop(0)[0].wait()
-        shape = list(out.shape) + [0] * (HEADER - 1 - out.dim())
-        header = torch.tensor([out.dim(), *shape], dtype=torch.int64)
-        payload = out.contiguous()
-        for tensor in (header, payload):
-            pending.append((dist.isend(tensor, dst=self.rank + 1), tensor))
-            self.times.bytes_sent += tensor.numel() * tensor.element_size()
-
-    def _receive(self, device: torch.device) -> torch.Tensor:
+    def _feedback_step(self, rule: Rule, batch: Batch, pending: Pending) -> torch.Tensor:
+        """Update-locked (dfa): forward this stage's layers, send the output on; the last stage
+        sends the batch's error to every stage, which applies it ``pipeline_lag`` batches later
+        (0: before it forwards the next batch)."""
+        device, last = batch.x.device, self.world - 1
+        h = (
+            rule.pipeline_input(batch)
+            if self.rank == 0
+            else receive(self.rank - 1, device, self.times)
+        )
         begin = time.perf_counter()
-        header = torch.empty(HEADER, dtype=torch.int64)
-        dist.recv(header, src=self.rank - 1)
-        dims = header.tolist()
-        h = torch.empty(dims[1 : 1 + dims[0]], device=device)
-        dist.recv(h, src=self.rank - 1)
-        assert self.times.wait_s is not None
-        self.times.wait_s += time.perf_counter() - begin
-        return h
+        out, saved = rule.pipeline_forward_span(self.span.start, self.span.stop, h)
+        if self.rank == last:
+            e, loss = rule.pipeline_top(self.span.start, saved, batch)
+            self.times.compute_s += time.perf_counter() - begin
+            for stage in range(last):
+                send(e, stage, pending, self.times)
+            return loss
+        self.times.compute_s += time.perf_counter() - begin
+        send(out, self.rank + 1, pending, self.times)
+        self._late.append(saved)
+        while len(self._late) > self.lags[self.rank]:
+            self._apply_error(rule, device)
+        return torch.zeros((), device=device)
 
-    def _backprop_step(
-        self, rule: Rule, batch: Batch, pending: list[tuple[Any, torch.Tensor]]
-    ) -> torch.Tensor:
+    def _apply_error(self, rule: Rule, device: torch.device) -> None:
+        """The oldest waiting batch's error, from the last stage, applied to this stage."""
+        e = receive(self.world - 1, device, self.times)
+        begin = time.perf_counter()
+        rule.pipeline_update(self.span.start, self._late.pop(0), e)
+        self.times.compute_s += time.perf_counter() - begin
+
+    def _backprop_step(self, rule: Rule, batch: Batch, pending: Pending) -> torch.Tensor:
         rows = int(batch.y.shape[0])
         schedule = self._schedule(rule, rows, batch.x.device)
         optimizers = list(rule.optimizers().values())
@@ -275,21 +227,25 @@ class Group:
         return torch.stack([loss.detach() for loss in losses]).mean()
 
     def _schedule(self, rule: Rule, rows: int, device: torch.device) -> Any:
-        """The GPipe schedule of this stage for batches of ``rows`` (one per batch size)."""
+        """This stage's schedule for batches of ``rows`` (one per batch size)."""
         if rows not in self._schedules:
-            from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
+            from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-            module = _StageModule(rule, self.units, self.span)
+            module = StageModule(rule, self.units, self.span)
             stage = PipelineStage(module, self.rank, self.world, device)
-            # equal micro-batches (their mean loss is the batch's): a batch whose size the
-            # setting does not divide is cut into the most equal parts up to it
+            # equal micro-batches (their mean loss is the batch's): the largest count up to the
+            # setting that divides the batch
             micro = max(d for d in range(1, self.config.micro_batches + 1) if rows % d == 0)
-            self._schedules[rows] = ScheduleGPipe(stage, micro, loss_fn=F.cross_entropy)
+            # 1F1B needs a micro-batch per stage; a batch that cannot give that runs GPipe (the
+            # same gradients in another order), and the record says so
+            kind = Schedule1F1B if self.config.pipeline_schedule == "1f1b" else ScheduleGPipe
+            kind = kind if micro >= self.world else ScheduleGPipe
+            self._schedules[rows] = kind(stage, micro, loss_fn=F.cross_entropy)
+            name = "1F1B" if kind is Schedule1F1B else "GPipe"
+            self._described[rows] = f"batch {rows}: {name}, {micro} micro-batches"
         return self._schedules[rows]
 
-    def _replica_step(
-        self, rule: Rule, batch: Batch, pending: list[tuple[Any, torch.Tensor]]
-    ) -> torch.Tensor:
+    def _replica_step(self, rule: Rule, batch: Batch, pending: Pending) -> torch.Tensor:
         """This replica's shard of the batch (the whole batch, on every replica, when it has
         fewer examples than replicas); gradients are averaged before every optimizer step."""
         for opt in rule.optimizers().values():
@@ -389,7 +345,21 @@ class Group:
         """Every process's figures for the last window (collective: every process calls it)."""
         box: list[Any] = [None] * self.world
         dist.all_gather_object(box, self.times.record())
-        return {"parallel": self.mode, "processes": box}
+        return {"parallel": self.mode, "schedule": self.schedule, "processes": box}
+
+    @property
+    def schedule(self) -> str:
+        """The schedule this process ran, in words (the record states it)."""
+        if self.mode == "data":
+            return "data parallel: gradients averaged over the replicas before every step"
+        if self.kind == "backprop":
+            return "; ".join(self._described[r] for r in sorted(self._described))
+        if self.kind == "feedback":
+            return (
+                "update-locked: stage s applies a batch's error after forwarding lags[s] more "
+                f"batches, lags {self.lags}"
+            )
+        return "local: each stage updates as soon as its batch arrives"
 
     # ---- evaluation ---------------------------------------------------------------------------
     def evaluate(

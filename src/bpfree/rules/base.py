@@ -62,10 +62,12 @@ class RuleInfo:
     trainable: tuple[str, ...] = ("all",)
     # Parallel training (engine/pipeline.py). ``pipeline``: "local" (a stage updates its layers
     # on their own losses as each batch arrives: pipeline_units/_input/_step), "backprop" (the
-    # stages run by torch.distributed.pipelining: pipeline_units/_forward), or "none", with the
-    # reason in ``pipeline_note``. ``data_parallel``: every update is an optimizer step on
-    # .grad, so replicas can average gradients before it.
-    pipeline: Literal["none", "local", "backprop"] = "none"
+    # stages run by torch.distributed.pipelining: pipeline_units/_forward), "feedback" (update-
+    # locked: the last stage sends each batch's output error to every stage, which updates on it
+    # at once or late: pipeline_units/_input/_lag/_forward_span/_top/_update; see dfa), or
+    # "none", with the reason in ``pipeline_note``. ``data_parallel``: every update is an
+    # optimizer step on .grad, so replicas can average gradients before it.
+    pipeline: Literal["none", "local", "backprop", "feedback"] = "none"
     pipeline_note: str = "it declares no pipeline schedule"
     data_parallel: bool = False
 
@@ -233,6 +235,28 @@ class Rule(ABC):
 
     def pipeline_forward(self, unit: int, h: torch.Tensor) -> torch.Tensor:
         """(backprop) Unit ``unit``'s forward; the last unit's output is the logits."""
+        raise NotImplementedError
+
+    def pipeline_lag(self, stage: int, stages: int) -> int:
+        """(feedback) How many more batches stage ``stage`` forwards before it applies a batch's
+        error: 0 is the single-process algorithm."""
+        raise NotImplementedError
+
+    def pipeline_forward_span(
+        self, start: int, stop: int, h: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(feedback) Units start..stop-1 forward: (their output, what their update needs)."""
+        raise NotImplementedError
+
+    def pipeline_top(
+        self, start: int, saved: list[torch.Tensor], batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(feedback) The last stage: (the error every stage updates on, the loss); it updates
+        its own units."""
+        raise NotImplementedError
+
+    def pipeline_update(self, start: int, saved: list[torch.Tensor], e: torch.Tensor) -> None:
+        """(feedback) A lower stage's units update on the error the last stage sent."""
         raise NotImplementedError
 
 

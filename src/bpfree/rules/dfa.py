@@ -33,6 +33,16 @@ Choices and deviations:
   * Native network mlp_2x1000, as the MLP rules of the benchmark study (Nøkland used tanh nets
     of 800-unit layers; see algorithms-more.md 7).
 
+Pipeline stages (``--stages K``): the last stage computes e and sends it (B x C floats) straight
+to every other stage; no backward pass runs through the stages. ``pipeline_error = "wait"``
+(default): a stage applies batch i's error before it forwards batch i+1, which is the
+single-process algorithm bit for bit and leaves no overlap between the stages (a test checks
+both). ``"stale"``: stage s forwards K-1-s further batches before batch i's error arrives, so
+the stages overlap, but its forward weights are K-1-s updates behind (the update of batch i is
+still computed from batch i's own activations and error, and applied late); the stage keeps
+K-s batches' activations. Every batch's update is applied before the epoch ends. With one
+process the setting changes nothing.
+
 The reported training loss is the cross-entropy of the output layer.
 """
 
@@ -40,7 +50,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +63,7 @@ from bpfree.rules.toolkit import (
     dense_activations,
     output_error,
     positive,
+    refuse_dropout,
     relu_mask,
     set_linear_grad,
     suggest_optimizer,
@@ -64,6 +75,10 @@ class DFAHparams(OptimizerSettings):
     # Adam, batch 128 as the BP baseline and MF; no weight decay (Nøkland 2016)
     lr: float = positive(1e-4)  # Adam; DFA tolerates smaller steps than BP (choice, see card)
     feedback_scale: float = positive(1.0)  # B_l ~ U(-s/sqrt(C), s/sqrt(C)); cancels under Adam
+    # --stages K: "wait" (a stage updates on batch i's error before it forwards batch i+1: the
+    # single-process algorithm, no overlap) or "stale" (stage s forwards K-1-s more batches
+    # before batch i's error arrives: overlap, its forward weights K-1-s updates behind)
+    pipeline_error: Literal["wait", "stale"] = "wait"
 
     @classmethod
     def suggest(cls, trial: Any) -> DFAHparams:
@@ -84,9 +99,9 @@ class DirectFeedbackAlignment(Rule):
         forward_passes_per_step=1,
         families=("mlp",),
         native={"*": "mlp_2x1000"},
-        pipeline_note="update-locked: every layer's update needs the error at the output of the "
-        "same batch, so a stage would wait for the last (no overlap) or use a stale error; "
-        "neither is offered yet",
+        pipeline="feedback",
+        pipeline_note="update-locked: a stage's update waits for the error of the same batch "
+        "from the last stage (pipeline_error=wait), or uses it late (=stale)",
     )
     Hparams = DFAHparams
     hp: DFAHparams
@@ -109,17 +124,75 @@ class DirectFeedbackAlignment(Rule):
         assert self.model is not None
         self.opt.zero_grad(set_to_none=True)  # before the forward: no stale gradient in the peak
         acts = dense_activations(self.model, batch.x)  # a_0 .. a_L, each (B, d_l)
-        logits = self.head(acts[-1])  # (B, C)
-        loss = F.cross_entropy(logits, batch.y)
-        e = output_error(logits, batch.y)  # (B, C)
-        set_linear_grad(self.head, e, acts[-1])  # the output layer's true gradient
-        for k in reversed(range(len(self.model.blocks))):  # from the top, freeing as it goes
+        e, loss = self._output_error(acts[-1], batch.y)
+        self._hidden_grads(0, acts, e)
+        self.opt.step()
+        return loss
+
+    def _output_error(
+        self, top: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(e, loss) of the output layer on a_L; sets its true gradient."""
+        logits = self.head(top)  # (B, C)
+        loss = F.cross_entropy(logits, y)
+        e = output_error(logits, y)  # (B, C)
+        set_linear_grad(self.head, e, top)  # the output layer's true gradient
+        return e, loss
+
+    def _hidden_grads(self, start: int, acts: list[torch.Tensor], e: torch.Tensor) -> None:
+        """The gradients of layers start.. from ``acts`` = [their input, a_start+1, ..]."""
+        assert self.model is not None
+        for k in reversed(range(start, start + len(acts) - 1)):  # from the top, freeing
             a = acts.pop()  # a_l: its mask is all the update needs from it
             # (B, C) x (C, d_l) * relu'(z_l), the mask read off a_l
             delta = (e @ self.feedback[k]).mul_(relu_mask(a))  # in place: one (B, d_l) buffer
             set_linear_grad(self.model.blocks[k].linear, delta, acts[-1])
+
+    # ---- pipeline stages (engine/pipeline.py, kind "feedback") ---------------------------------
+    def pipeline_units(self) -> list[list[nn.Module | torch.Tensor]]:
+        assert self.model is not None
+        refuse_dropout(self.model)
+        units: list[list[nn.Module | torch.Tensor]] = [
+            [block, self.feedback[k]] for k, block in enumerate(self.model.blocks)
+        ]
+        units[-1].append(self.head)
+        return units
+
+    def pipeline_lag(self, stage: int, stages: int) -> int:
+        """Batches a stage forwards before it applies an earlier batch's error (card)."""
+        return stages - 1 - stage if self.hp.pipeline_error == "stale" else 0
+
+    def pipeline_input(self, batch: Batch) -> torch.Tensor:
+        return batch.x.flatten(1)
+
+    @torch.no_grad()
+    def pipeline_forward_span(
+        self, start: int, stop: int, h: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Layers start..stop-1 forward: (their output, [h, a_start+1, .., a_stop])."""
+        assert self.model is not None
+        acts = [h]
+        for block in self.model.blocks[start:stop]:
+            acts.append(torch.relu(block.linear(acts[-1])))
+        return acts[-1], acts
+
+    @torch.no_grad()
+    def pipeline_top(
+        self, start: int, acts: list[torch.Tensor], batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last stage: the output error (sent to the others) and its layers' update."""
+        self.opt.zero_grad(set_to_none=True)
+        e, loss = self._output_error(acts[-1], batch.y)
+        self._hidden_grads(start, acts, e)
+        self.opt.step()  # only the tensors with gradients: this stage's
+        return e, loss
+
+    @torch.no_grad()
+    def pipeline_update(self, start: int, acts: list[torch.Tensor], e: torch.Tensor) -> None:
+        """A lower stage: its layers' update from the error the last stage sent."""
+        self.opt.zero_grad(set_to_none=True)
+        self._hidden_grads(start, acts, e)
         self.opt.step()
-        return loss
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         assert self.model is not None
