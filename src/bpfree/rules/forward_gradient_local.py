@@ -47,6 +47,12 @@ Where this departs from the paper:
     estimator, not from results. ``tangents`` defaults to 1; the committed comparison's
     ``tangents=4`` was hand-picked (benchmarks/results/forward_gradients.md).
 
+Pipeline stages (``--stages K``): a block with its local head is a unit; each stage updates
+its blocks as soon as a batch arrives (no signal crosses blocks). The perturbations come from
+the rule's one generator in block order, so every stage draws the whole step's numbers and
+drops the other blocks' (B x d_j normals per block and tangent): each process's generator then
+gives exactly what one process's gives, and the parameters equal the single-process ones.
+
 The reported training loss is the last block's local loss (that of the output head).
 """
 
@@ -96,6 +102,8 @@ class ForwardGradientLocal(Rule):
         forward_passes_per_step=1,
         families=("mlp",),
         native={"*": "mlp_2x1000"},
+        pipeline="local",
+        pipeline_note="blocks in order; every stage draws the whole step's random numbers",
     )
     Hparams = FGLocalHparams
     hp: FGLocalHparams
@@ -155,26 +163,66 @@ class ForwardGradientLocal(Rule):
         self.opt.zero_grad(set_to_none=True)
         h, loss = batch.x, None
         for j, block in enumerate(self.model.blocks):
-            z = block.linear(h.flatten(1))  # graph: this linear map only (h is detached)
-            with torch.no_grad():
-                keep = self.keep_mask(block, z)
-                a = z * keep  # relu(z) (and dropout)
-                g_z = torch.zeros_like(z)
-                for _ in range(self.hp.tangents):  # averaged: variance / tangents
-                    u = torch.randn(z.shape, generator=self.generator, device=z.device)
-                    d = self.group_derivatives(j, a, keep * u, batch.y)  # (B, G)
-                    g_z += (d.unsqueeze(2) * grouped(u, d.shape[1])).flatten(1)[:, : z.shape[1]]
-                g_z.mul_(keep / self.hp.tangents)
-            # dW = g_z^T x / B, db = sum g_z / B: the linear map's vjp, started from the scalar
-            # <z, g_z> / B (a backward from a non-scalar left the FLOP probe's hooks holding a
-            # tensor per block).
-            torch.dot(z.flatten(), g_z.flatten()).div(z.shape[0]).backward()
-            h = a
-            loss = F.cross_entropy(self.aux[j](h), batch.y)  # aux_j's true local gradient
-            loss.backward()
+            h, loss = self.block_step(j, block, h, batch.y)
         assert loss is not None
         self.opt.step()
         return loss.detach()
+
+    def block_step(
+        self, j: int, block: torch.nn.Module, h: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block j's update on the detached input h: (its output a_j, its local loss)."""
+        z = block.linear(h.flatten(1))  # graph: this linear map only (h is detached)
+        with torch.no_grad():
+            keep = self.keep_mask(block, z)
+            a = z * keep  # relu(z) (and dropout)
+            g_z = torch.zeros_like(z)
+            for _ in range(self.hp.tangents):  # averaged: variance / tangents
+                u = torch.randn(z.shape, generator=self.generator, device=z.device)
+                d = self.group_derivatives(j, a, keep * u, y)  # (B, G)
+                g_z += (d.unsqueeze(2) * grouped(u, d.shape[1])).flatten(1)[:, : z.shape[1]]
+            g_z.mul_(keep / self.hp.tangents)
+        # dW = g_z^T x / B, db = sum g_z / B: the linear map's vjp, started from the scalar
+        # <z, g_z> / B (a backward from a non-scalar left the FLOP probe's hooks holding a
+        # tensor per block).
+        torch.dot(z.flatten(), g_z.flatten()).div(z.shape[0]).backward()
+        loss = F.cross_entropy(self.aux[j](a), y)  # aux_j's true local gradient
+        loss.backward()
+        return a, loss
+
+    # ---- pipeline stages: a block with its local head is a unit ------------------------------
+    def pipeline_units(self) -> list[list[torch.nn.Module | torch.Tensor]]:
+        assert self.model is not None
+        return [[block, aux] for block, aux in zip(self.model.blocks, self.aux, strict=True)]
+
+    def pipeline_input(self, batch: Batch) -> torch.Tensor:
+        return batch.x
+
+    def pipeline_step(
+        self, start: int, stop: int, h: torch.Tensor, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks start..stop-1 as in train_step. Every stage draws the whole step's random
+        numbers in block order and uses its own blocks' (the others' are drawn and dropped), so
+        each process's generator gives what one process's gives: the same parameters."""
+        assert self.model is not None
+        self.opt.zero_grad(set_to_none=True)
+        loss = torch.zeros((), device=batch.y.device)
+        for j, block in enumerate(self.model.blocks):
+            if start <= j < stop:
+                h, loss = self.block_step(j, block, h, batch.y)
+            else:
+                self.replay_draws(block, (int(batch.y.shape[0]), self.model.block_dims[j]))
+        self.opt.step()  # steps only the parameters with gradients: this stage's
+        last = stop == len(self.model.blocks)  # the reported loss: the output head's
+        return h.detach(), loss.detach() if last else torch.zeros_like(loss)
+
+    def replay_draws(self, block: torch.nn.Module, shape: tuple[int, int]) -> None:
+        """Draw what block_step draws for a block of output ``shape``, and drop it."""
+        device = block.linear.weight.device
+        if float(getattr(block, "p_drop", 0.0)) > 0 and block.training:
+            torch.rand(shape, generator=self.generator, device=device)
+        for _ in range(self.hp.tangents):
+            torch.randn(shape, generator=self.generator, device=device)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         assert self.model is not None
