@@ -45,7 +45,8 @@ Where this departs from the paper:
     a warm-up cosine schedule on other networks). ``groups`` defaults to 1000, one group per
     unit of the native network's blocks: the lowest-variance setting, chosen from the
     estimator, not from results. ``tangents`` defaults to 1; the committed comparison's
-    ``tangents=4`` was hand-picked (benchmarks/results/forward_gradients.md).
+    ``tangents=4`` was hand-picked (benchmarks/results/forward_gradients.md); tuning searches
+    it over {1, 2, 4} on validation, with groups and the optimizer's settings.
 
 Pipeline stages (``--stages K``): a block with its local head is a unit; each stage updates
 its blocks as soon as a batch arrives (no signal crosses blocks). The perturbations come from
@@ -71,6 +72,7 @@ from bpfree.rules.base import Batch, Rule, RuleInfo, register_rule
 from bpfree.rules.toolkit import OptimizerSettings, at_least, local_heads, suggest_optimizer
 
 GROUP_CHOICES = (1, 10, 100, 1000)
+TANGENT_CHOICES = (1, 2, 4)  # the reference's num_passes: variance / k for k times the jvps
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ class FGLocalHparams(OptimizerSettings):
     @classmethod
     def suggest(cls, trial: Any) -> FGLocalHparams:
         groups = trial.suggest_categorical("groups", list(GROUP_CHOICES))
-        return cls(groups=groups, **suggest_optimizer(trial))
+        tangents = trial.suggest_categorical("tangents", list(TANGENT_CHOICES))
+        return cls(groups=groups, tangents=tangents, **suggest_optimizer(trial))
 
 
 def grouped(t: torch.Tensor, groups: int) -> torch.Tensor:
