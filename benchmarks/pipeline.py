@@ -1,6 +1,7 @@
 """Layer-parallel training: samples/s of a 2-stage pipeline against one process, in one run.
 
-    python benchmarks/pipeline.py [--rules mf,bp] [--model mlp_4x2000] [--stages 2]
+    python benchmarks/pipeline.py [--rules mf,bp,bp:pipeline_schedule=1f1b,dfa:pipeline_error=stale]
+        [--model mlp_4x2000] [--stages 2]
         [--epochs 1] [--repeats 3] [--train-samples N] [--batch-size B] [--write FILE]
 
 For each rule, the same configuration (Fashion-MNIST, full training set unless
@@ -31,6 +32,7 @@ import torch
 from bpfree.config import TrainConfig
 from bpfree.engine import run_config
 from bpfree.engine.environment import describe
+from bpfree.settings import parse_value
 
 
 def measure(settings: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -44,6 +46,21 @@ def measure(settings: dict[str, Any], out: Path) -> dict[str, Any]:
         "test_accuracy": result.to_dict()["metrics"]["test_accuracy"],
         "processes": records[-1].get("processes"),
     }
+
+
+def variant(base: dict[str, Any], spec: str, stages: int) -> tuple[dict, dict]:
+    """The single-process and the pipelined settings of ``rule[:key=value...]``; the key
+    ``pipeline_schedule`` (gpipe, 1f1b) is the trainer's, the others the rule's."""
+    name, *items = spec.split(":")
+    hparams, trainer = dict(base["hparams"]), {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key == "pipeline_schedule":
+            trainer[key] = value
+        else:
+            hparams[key] = parse_value(value)
+    one = {**base, "rule": name, "hparams": hparams}
+    return one, {**one, **trainer, "stages": stages}
 
 
 def main() -> None:
@@ -86,11 +103,12 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         for rule in args.rules.split(","):
+            one, many = variant(base, rule, args.stages)
             ones, manys, ratios = [], [], []
             for rep in range(args.repeats):  # interleaved: a slow spell hits both sides
-                where = Path(tmp) / f"{rule}-{rep}"
-                ones.append(measure({**base, "rule": rule}, where / "1"))
-                manys.append(measure({**base, "rule": rule, "stages": args.stages}, where / "k"))
+                where = Path(tmp) / f"{rule.replace(':', '_')}-{rep}"
+                ones.append(measure(one, where / "1"))
+                manys.append(measure(many, where / "k"))
                 ratios.append(manys[-1]["samples_per_s"] / ones[-1]["samples_per_s"])
             for label, runs in (("1", ones), (str(args.stages), manys)):
                 m = runs[len(runs) // 2] if len(runs) % 2 else runs[0]
