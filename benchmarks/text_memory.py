@@ -36,6 +36,7 @@ SETTINGS = (
     ("mezo", "lora", {}, "MeZO (ZO-SGD), LoRA"),
     ("mezo", "all", {"variant": "adam"}, "ZO-Adam, full"),
     ("fg", "all", {"optimizer": "sgd"}, "forward gradient (1 tangent, SGD), full"),
+    ("fg", "lora", {"optimizer": "sgd"}, "forward gradient (1 tangent, SGD), LoRA"),
 )
 MIB = 2**20
 
