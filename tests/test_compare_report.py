@@ -275,3 +275,22 @@ def test_compare_without_matplotlib_writes_tables_and_page(tmp_path: Path) -> No
     report = tmp_path / "c" / "report"
     assert (report / "table.md").exists() and not list(report.glob("*.png"))
     assert "pip install &#x27;bpfree[report]&#x27;" in (report / "report.html").read_text()
+
+
+def test_a_run_interrupted_before_its_first_checkpoint_trains_again(tmp_path: Path) -> None:
+    """Stopped before its first epoch ended, a run leaves an ``interrupted`` result and no
+    checkpoint: a rerun of the comparison trains it (and says so), it is not "reused"."""
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "bpfree", "compare", "--rules", "mf", "--dataset", "digits"]
+    cmd += ["--model", "mf=mlp_2x32", "--seeds", "1", "--epochs", "1", "--train-samples", "200"]
+    cmd += ["--out", str(out), "--quiet", "--no-report"]
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=300).returncode == 0
+    path = out / "runs" / "mf--mlp_2x32--s0" / "result.json"
+    stopped = json.loads(path.read_text())
+    stopped.update(status="interrupted", reason="interrupted by the user")
+    path.write_text(json.dumps(stopped))
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "[1/2] mf on mlp_2x32, seed 0: training" in rerun.stderr
+    assert "[2/2] bp@mlp_2x32 on mlp_2x32, seed 0: reused" in rerun.stderr
+    assert json.loads(path.read_text())["status"] == "completed"

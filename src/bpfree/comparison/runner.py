@@ -302,6 +302,18 @@ def _train(
     )
 
 
+def _finished(run_dir: Path) -> bool:
+    """A result without a checkpoint to continue, and not an interruption (a run stopped
+    before its first checkpoint leaves only an ``interrupted`` result: it trains again)."""
+    path = run_dir / "result.json"
+    if not path.exists() or (run_dir / "checkpoint.pt").exists():
+        return False
+    try:
+        return json.loads(path.read_text()).get("status") != "interrupted"
+    except (OSError, ValueError):
+        return False
+
+
 def _run_local(
     out: Path,
     runs: list[PlannedRun] | list[GridRun],
@@ -315,7 +327,7 @@ def _run_local(
     spent: list[float] = []  # seconds of each run trained here, for the estimate of what is left
     for i, run in enumerate(runs, 1):
         run_dir = out / "runs" / run.key
-        done = (run_dir / "result.json").exists() and not (run_dir / "checkpoint.pt").exists()
+        done = _finished(run_dir)
         kind = "" if test else " (learning-rate grid, validation only)"
         log(
             f"[{i}/{len(runs)}] {run.label} on {run.config.model}, seed {run.config.seed}{kind}: "
