@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import torch
 
+from bpfree import report
 from bpfree.config import TrainConfig
 from bpfree.engine import Trainer, build_rule, load_data, train
 from bpfree.engine.pipeline import split_units, unit_tensors
@@ -279,6 +280,15 @@ def test_compare_pipelines_the_rule_and_its_twin(tmp_path: Path) -> None:
     assert len(records) == 2
     for path in records:
         assert '"parallel": "pipeline"' in path.read_text()
+    table = report(out, plots=False)  # each process's figures, the schedule and samples/s
+    section = table.split("## Parallel runs", 1)[1]
+    assert "| mf, seed 0 | 2 | pipeline: local: each stage updates" in section
+    assert (
+        "| bp@mlp_4x64, seed 0 | 2 | pipeline: batch 14: GPipe, 2 micro-batches; batch 128: "
+        in section
+    )
+    assert "benchmarks/pipeline.py" in section
+    assert 'id="parallel"' in (out / "report" / "report.html").read_text()
 
 
 def _stage_processes(parent: int) -> list[int]:

@@ -24,8 +24,10 @@ CHEAP = {
     "benchmarks/seeds.py": ["--seeds", "0", "--epochs", "1", "--train-samples", "600"],
     "benchmarks/throughput.py": ["--quick"],
     "benchmarks/memory_scaling.py": ["--quick"],
-    "benchmarks/pipeline.py": ["--dataset", "digits", "--model", "mlp_4x64", "--repeats", "1"]
-    + ["--rules", "mf,dfa:pipeline_error=stale,bp:pipeline_schedule=1f1b"],
+    "benchmarks/pipeline.py": [
+        *("--dataset", "digits", "--model", "mlp_4x64", "--repeats", "1"),
+        *("--rules", "mf,dfa:pipeline_error=stale,bp:pipeline_schedule=1f1b"),
+    ],
     # The full benchmark, cut down to a pipeline check on the bundled 8x8 digits (CaFo-DFA's
     # 15 pretraining passes cut to 1, so 2 passes in total cover both of its phases).
     "compare": ["--seeds", "1", "--epochs", "2", "--dataset", "digits", "--train-samples", "300"],

@@ -11,6 +11,7 @@ from bpfree.data import DATASETS
 from bpfree.engine.io import write_text
 from bpfree.reporting.collect import commits, first_env, load_comparison, load_grid
 from bpfree.reporting.html import render, tuning_note, twin_note
+from bpfree.reporting.parallel import parallel_markdown
 from bpfree.reporting.plots import all_figures
 from bpfree.reporting.tables import build_rows, csv_text, latex, markdown, runs_csv
 
@@ -27,6 +28,7 @@ def write_report(path: str | Path, *, plots: bool = True) -> str:
     table += f"\nTwins: {twin_note(manifest)}.\n"
     if manifest.get("tuning"):
         table += f"\n{tuning_note(manifest)}\n"
+    table += parallel_markdown(groups)
     write_text(out / "table.md", table)
     write_text(out / "table.csv", csv_text(rows))
     write_text(out / "table.tex", latex(rows))

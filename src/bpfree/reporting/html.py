@@ -7,6 +7,7 @@ import html
 from typing import Any
 
 from bpfree.reporting.collect import Group
+from bpfree.reporting.parallel import PARALLEL_HEADERS, PARALLEL_NOTE, parallel_rows
 from bpfree.reporting.tables import (
     ACCURACY_HEADERS,
     COST_HEADERS,
@@ -172,6 +173,13 @@ def render(
             ("costs", COST_HEADERS, cost_cells),
         )
     )
+    parallel = parallel_rows(groups)
+    if parallel:
+        tables += (
+            "<h2>Parallel runs</h2>"
+            + _table("parallel", PARALLEL_HEADERS, parallel)
+            + f"<p>{html.escape(PARALLEL_NOTE)}</p>"
+        )
     figs = "".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
         f'{base64.b64encode(png).decode()}"><figcaption>{html.escape(CAPTIONS[name])}'
