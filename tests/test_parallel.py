@@ -100,6 +100,7 @@ def test_stages_compute_what_one_process_computes(name: str, variant: dict[str, 
                 h, acts = staged.pipeline_forward_span(span.start, span.stop, h)
                 saved.append(acts)
             e, loss = staged.pipeline_top(spans[-1].start, saved[-1], batch)
+            staged.pipeline_update(spans[-1].start, saved[-1], e, top=True)
             for span, acts in zip(spans[:-1], saved[:-1], strict=True):
                 staged.pipeline_update(span.start, acts, e)
             assert torch.equal(loss, want)

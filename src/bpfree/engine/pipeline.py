@@ -21,10 +21,11 @@ the single-process ones (rank 0 evaluates and writes; the others receive its num
   ``pipeline_schedule = "1f1b"``: one forward, one backward in turn (the same gradients and
   bubble, fewer micro-batches' activations held at once).
 * **Pipeline, update-locked rules** (``"feedback"``, dfa): each stage forwards its layers and
-  sends the output on; the last stage computes the output error, updates its layers and sends
-  the error (B x C) to every stage, which applies it ``rule.pipeline_lag`` batches later: 0
-  waits (the single-process algorithm, no overlap), more lets a stage forward the next batches
-  first (its forward weights that many updates behind). Stated in the record's ``schedule``.
+  sends the output on; the last stage computes the output error, sends it (B x C) to every
+  stage and then updates its own layers; each stage applies it ``rule.pipeline_lag`` batches
+  later: 0 waits (the single-process algorithm; the stages overlap only in their updates), more
+  lets a stage forward the next batches first (its forward weights that many updates behind).
+  Stated in the record's ``schedule``.
 * **Data parallel** (``replicas = K``): every process takes its shard of every batch, and an
   optimizer step pre-hook averages the gradients over the processes (``all_reduce``, what DDP
   does, without its overlap of communication and backward) before every step.
@@ -181,11 +182,14 @@ class Group:
         )
         begin = time.perf_counter()
         out, saved = rule.pipeline_forward_span(self.span.start, self.span.stop, h)
-        if self.rank == last:
+        if self.rank == last:  # the error goes out first: the stages update at the same time
             e, loss = rule.pipeline_top(self.span.start, saved, batch)
             self.times.compute_s += time.perf_counter() - begin
             for stage in range(last):
                 send(e, stage, pending, self.times)
+            begin = time.perf_counter()
+            rule.pipeline_update(self.span.start, saved, e, top=True)
+            self.times.compute_s += time.perf_counter() - begin
             return loss
         self.times.compute_s += time.perf_counter() - begin
         send(out, self.rank + 1, pending, self.times)

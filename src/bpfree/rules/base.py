@@ -251,12 +251,15 @@ class Rule(ABC):
     def pipeline_top(
         self, start: int, saved: list[torch.Tensor], batch: Batch
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(feedback) The last stage: (the error every stage updates on, the loss); it updates
-        its own units."""
+        """(feedback) The last stage: (the error every stage updates on, the loss), before
+        any of its units update."""
         raise NotImplementedError
 
-    def pipeline_update(self, start: int, saved: list[torch.Tensor], e: torch.Tensor) -> None:
-        """(feedback) A lower stage's units update on the error the last stage sent."""
+    def pipeline_update(
+        self, start: int, saved: list[torch.Tensor], e: torch.Tensor, top: bool = False
+    ) -> None:
+        """(feedback) A stage's units update on the batch's error (``top``: the last stage,
+        after pipeline_top)."""
         raise NotImplementedError
 
 

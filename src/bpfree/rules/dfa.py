@@ -33,15 +33,15 @@ Choices and deviations:
   * Native network mlp_2x1000, as the MLP rules of the benchmark study (Nøkland used tanh nets
     of 800-unit layers; see algorithms-more.md 7).
 
-Pipeline stages (``--stages K``): the last stage computes e and sends it (B x C floats) straight
-to every other stage; no backward pass runs through the stages. ``pipeline_error = "wait"``
-(default): a stage applies batch i's error before it forwards batch i+1, which is the
-single-process algorithm bit for bit and leaves no overlap between the stages (a test checks
-both). ``"stale"``: stage s forwards K-1-s further batches before batch i's error arrives, so
-the stages overlap, but its forward weights are K-1-s updates behind (the update of batch i is
-still computed from batch i's own activations and error, and applied late); the stage keeps
-K-s batches' activations. Every batch's update is applied before the epoch ends. With one
-process the setting changes nothing.
+Pipeline stages (``--stages K``): the last stage computes e and sends it (B x C floats) straight to
+every other stage; no backward pass runs through the stages. ``pipeline_error = "wait"`` (default):
+a stage applies batch i's error before it forwards batch i+1, which is the single-process algorithm
+bit for bit (a test checks it); the stages overlap only in their updates (the last stage sends e
+before it updates its own layers). ``"stale"``: stage s forwards K-1-s further batches before batch
+i's error arrives, so the stages overlap, but its forward weights are K-1-s updates behind (the
+update of batch i is still computed from batch i's own activations and error, and applied late);
+the stage keeps K-s batches' activations. Every batch's update is applied before the epoch ends.
+With one process the setting changes nothing.
 
 The reported training loss is the cross-entropy of the output layer.
 """
@@ -180,19 +180,21 @@ class DirectFeedbackAlignment(Rule):
     def pipeline_top(
         self, start: int, acts: list[torch.Tensor], batch: Batch
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The last stage: the output error (sent to the others) and its layers' update."""
+        """The last stage: the output error (sent to the others before this stage's own layers
+        update) and the output layer's gradient."""
         self.opt.zero_grad(set_to_none=True)
-        e, loss = self._output_error(acts[-1], batch.y)
-        self._hidden_grads(start, acts, e)
-        self.opt.step()  # only the tensors with gradients: this stage's
-        return e, loss
+        return self._output_error(acts[-1], batch.y)
 
     @torch.no_grad()
-    def pipeline_update(self, start: int, acts: list[torch.Tensor], e: torch.Tensor) -> None:
-        """A lower stage: its layers' update from the error the last stage sent."""
-        self.opt.zero_grad(set_to_none=True)
+    def pipeline_update(
+        self, start: int, acts: list[torch.Tensor], e: torch.Tensor, top: bool = False
+    ) -> None:
+        """A stage's layers update from the batch's error (``top``: the last stage, whose
+        output layer's gradient pipeline_top has set)."""
+        if not top:
+            self.opt.zero_grad(set_to_none=True)
         self._hidden_grads(start, acts, e)
-        self.opt.step()
+        self.opt.step()  # only the tensors with gradients: this stage's
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         assert self.model is not None
