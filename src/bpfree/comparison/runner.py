@@ -309,9 +309,10 @@ def _finished(run_dir: Path) -> bool:
     if not path.exists() or (run_dir / "checkpoint.pt").exists():
         return False
     try:
-        return json.loads(path.read_text()).get("status") != "interrupted"
+        result = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
+        return True  # unreadable: reading it again for the run says what is wrong with it
+    return not isinstance(result, dict) or result.get("status") != "interrupted"
 
 
 def _run_local(
