@@ -265,31 +265,59 @@ def test_cli_refuses_what_cannot_be_pipelined(tmp_path: Path) -> None:
         assert message in done.stderr and "Traceback" not in done.stderr
 
 
-def test_compare_pipelines_the_rule_and_its_twin(tmp_path: Path) -> None:
-    """`compare --stages 2`: the rule and its backprop twin both run as 2-stage pipelines."""
-    out = tmp_path / "cmp"
+def _compare(*args: str, out: Path) -> subprocess.CompletedProcess[str]:
     argv = ["compare", "--rules", "mf", "--dataset", "digits", "--model", "mf=mlp_4x64"]
-    argv += ["--seeds", "1", "--epochs", "1", "--train-samples", "300", "--stages", "2"]
-    done = subprocess.run(
+    argv += ["--seeds", "2", "--epochs", "1", "--train-samples", "300", *args]
+    return subprocess.run(
         [sys.executable, "-m", "bpfree", *argv, "--out", str(out), "--quiet", "--no-report"],
         capture_output=True,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+
+
+def test_compare_pipelines_the_rule_and_its_twin(tmp_path: Path) -> None:
+    """`compare --stages 2`: the rule and its backprop twin both run as 2-stage pipelines;
+    `--one-process-reference` trains the first seed's runs in one process too, and the report
+    states the speedup."""
+    out = tmp_path / "cmp"
+    done = _compare("--stages", "2", "--one-process-reference", out=out)
     assert done.returncode == 0, done.stderr
-    records = sorted((out / "runs").glob("*/metrics.jsonl"))
-    assert len(records) == 2
-    for path in records:
-        assert '"parallel": "pipeline"' in path.read_text()
-    table = report(out, plots=False)  # each process's figures, the schedule and samples/s
+    assert "(one process, for the speedup), validation only: training" in done.stderr
+    runs = {p.parent.name: p.read_text() for p in (out / "runs").glob("*/metrics.jsonl")}
+    parallel = {k: v for k, v in runs.items() if not k.endswith("--one-process")}
+    assert len(parallel) == 4 and len(runs) == 6  # 2 seeds x (mf, twin) + seed 0's references
+    assert all('"parallel": "pipeline"' in text for text in parallel.values())
+    for key in ("mf--mlp_4x64--s0", "bp_at_mlp_4x64--mlp_4x64--s0"):
+        ref = out / "runs" / f"{key}--one-process"
+        assert json.loads((ref / "config.json").read_text()).get("stages", 1) == 1
+        assert '"parallel"' not in runs[ref.name]
+        result = json.loads((ref / "result.json").read_text())
+        assert result["metrics"].get("test_accuracy") is None  # never scored on test
+    # pipelined mf computes what one process computes: the same validation accuracy
+    mf = json.loads((out / "runs" / "mf--mlp_4x64--s0" / "result.json").read_text())
+    ref = json.loads((out / "runs" / "mf--mlp_4x64--s0--one-process" / "result.json").read_text())
+    assert mf["metrics"]["val_accuracy"] == ref["metrics"]["val_accuracy"]
+    table = report(out, plots=False)  # each process's figures, the schedule, the speedup
     section = table.split("## Parallel runs", 1)[1]
-    assert "| mf, seed 0 | 2 | pipeline: local: each stage updates" in section
-    assert (
-        "| bp@mlp_4x64, seed 0 | 2 | pipeline: batch 14: GPipe, 2 micro-batches; batch 128: "
-        in section
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in section.splitlines()}
+    assert rows["| mf, seed 0"][1] == "2"
+    assert rows["| mf, seed 0"][2].startswith("pipeline: local: each stage updates")
+    for label in ("| mf, seed 0", "| bp@mlp_4x64, seed 0"):
+        rate, one, speedup = (float(c.rstrip("x")) for c in rows[label][3:6])
+        assert speedup == pytest.approx(rate / one, abs=0.01) and speedup > 0
+    assert rows["| mf, seed 1"][4:6] == ["n/a", "n/a"]  # references: the first seed only
+    assert rows["| bp@mlp_4x64, seed 0"][2].startswith(
+        "pipeline: batch 14: GPipe, 2 micro-batches; batch 128: "
     )
-    assert "benchmarks/pipeline.py" in section
+    assert "--one-process-reference" in section
     assert 'id="parallel"' in (out / "report" / "report.html").read_text()
+
+
+def test_one_process_reference_needs_a_parallel_run(tmp_path: Path) -> None:
+    done = _compare("--one-process-reference", out=tmp_path / "cmp")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--one-process-reference measures the speedup of parallel runs" in done.stderr
 
 
 def _stage_processes(parent: int) -> list[int]:

@@ -69,6 +69,12 @@ def add_parsers(sub: Any) -> None:
         help="also train every rule and twin at each step size (first seed, validation only) "
         "for a learning-rate sensitivity plot",
     )
+    p.add_argument(
+        "--one-process-reference",
+        action="store_true",
+        help="with --stages or --replicas: also train each parallel run of the first seed in "
+        "one process (validation only), so the report states the speedup",
+    )
     p.add_argument("--data-dir", type=nonempty)
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--no-report", action="store_true", help="train only; no report at the end")
@@ -141,6 +147,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         storage=args.storage,
         twin=args.twin,
         lr_grid=lr_grid,
+        one_process_reference=args.one_process_reference,
     )
     if not args.no_report:
         print((result.out / "report" / "table.md").read_text(), end="")

@@ -286,3 +286,24 @@ def lr_grid_plan(
                     cfg = TrainConfig.build({**common, "rule": rule, "hparams": hp})
                     runs[key] = GridRun(key, label + tag, label, lr, cfg)
     return list(runs.values())
+
+
+ONE_PROCESS = "--one-process"  # the key suffix of a parallel run's one-process reference
+
+
+def one_process_plan(plan: list[PlannedRun], seed: int) -> list[PlannedRun]:
+    """The reference for every parallel run (``stages`` or ``replicas`` > 1) on ``seed``: the
+    same run in one process, so the report can state the speedup (validation only)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    single = {k: defaults[k] for k in ("stages", "replicas", "micro_batches", "pipeline_schedule")}
+    parallel = [r for r in plan if max(r.config.stages, r.config.replicas) > 1]
+    if not parallel:
+        raise ConfigError(
+            "--one-process-reference measures the speedup of parallel runs: add --stages K "
+            "or --replicas K (K > 1)"
+        )
+    return [
+        PlannedRun(r.key + ONE_PROCESS, r.label, r.config.replace(**single))
+        for r in parallel
+        if r.config.seed == seed
+    ]

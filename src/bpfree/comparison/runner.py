@@ -23,6 +23,7 @@ from bpfree.comparison.plan import (
     assign_twins,
     build_plan,
     lr_grid_plan,
+    one_process_plan,
     parse_entries,
     parse_seeds,
     plan_digest,
@@ -118,6 +119,7 @@ def compare(
     budget: dict[str, Any] | None = None,
     twin: str = "matched",
     lr_grid: list[float] | None = None,
+    one_process_reference: bool = False,
 ) -> Comparison:
     """Train each rule on its native network and backprop on the same network, then report.
 
@@ -136,6 +138,10 @@ def compare(
 
     ``lr_grid``: also train every rule and twin at each of these step sizes, on the first seed,
     scored on validation only (the report plots validation accuracy against lr).
+
+    ``one_process_reference``: also train every parallel run (``stages`` or ``replicas`` > 1)
+    of the first seed in one process, scored on validation only, so the report states the
+    speedup over one process measured in this comparison.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out)
@@ -152,6 +158,7 @@ def compare(
         grid = lr_grid_plan(
             entries, dataset, seed_list[0], base, lr_grid, twin, scoped.get(BASELINE)
         )
+    refs = one_process_plan(plan, seed_list[0]) if one_process_reference else []
     if tune is not None and tune < 1:
         raise ConfigError(f"--tune must be >= 1 trial per study, got {tune}")
     if tune is None and (tune_epochs is not None or tune_train_samples is not None):
@@ -166,10 +173,10 @@ def compare(
     # The comparison's identity: its runs (without where data lives) and its tuning request.
     shared = [
         [r.key, {k: v for k, v in r.config.to_dict().items() if k != "data_dir"}]
-        for r in [*plan, *grid]
+        for r in [*plan, *grid, *refs]
     ]
     prefix = "cmp-" + _digest(shared, request)
-    manifest = _manifest(dataset, seed_list, entries, plan, grid, twin, request)
+    manifest = _manifest(dataset, seed_list, entries, plan, grid, twin, request, refs)
     url = None
     if storage is not None:
         url = resolve_url(storage)
@@ -179,6 +186,7 @@ def compare(
     tuning = None
     if request is not None:
         plan, tuning = _tune(out, url, prefix, plan, entries, plan_budget, request, log, progress)
+        refs = one_process_plan(plan, seed_list[0]) if refs else []  # the tuned settings
         manifest["tuning"] = tuning
         manifest["runs"] = _runs_record(plan)
         write_json(out / MANIFEST, manifest)
@@ -197,6 +205,7 @@ def compare(
     else:
         results = _run_local(out, plan, data, progress, log)
     _run_local(out, grid, data, progress, log, test=False)
+    _run_local(out, refs, data, progress, log, test=False, kind=" (one process, for the speedup)")
     comparison = Comparison(out, entries, plan, results, tuning, grid)
     if report:
         write_report(out)
@@ -226,10 +235,13 @@ def _manifest(
     grid: list[GridRun],
     twin: str,
     request: dict[str, Any] | None,
+    refs: list[PlannedRun],
 ) -> dict[str, Any]:
     digest = plan_digest(plan)
     if grid:
         digest = _digest(digest, plan_digest(grid))
+    if refs:
+        digest = _digest(digest, plan_digest(refs))
     manifest: dict[str, Any] = {
         "digest": digest if request is None else _digest(digest, request),
         "dataset": dataset,
@@ -262,6 +274,18 @@ def _manifest(
                 }
                 for g in grid
             ],
+        }
+    if refs:  # each parallel run's one-process reference, for the speedup
+        manifest["one_process"] = {
+            "runs": [
+                {
+                    "key": r.key,
+                    "label": r.label,
+                    "seed": r.config.seed,
+                    "config": r.config.to_dict(),
+                }
+                for r in refs
+            ]
         }
     return manifest
 
@@ -322,16 +346,18 @@ def _run_local(
     progress: bool | None,
     log: Any,
     test: bool = True,
+    kind: str = " (learning-rate grid)",
 ) -> dict[str, RunResult]:
-    """Every run in this process, in order, reusing finished ones."""
+    """Every run in this process, in order, reusing finished ones. ``test=False``: scored on
+    validation only, logged with ``kind``."""
     results = {}
     spent: list[float] = []  # seconds of each run trained here, for the estimate of what is left
     for i, run in enumerate(runs, 1):
         run_dir = out / "runs" / run.key
         done = _finished(run_dir)
-        kind = "" if test else " (learning-rate grid, validation only)"
+        tag = "" if test else f"{kind}, validation only"
         log(
-            f"[{i}/{len(runs)}] {run.label} on {run.config.model}, seed {run.config.seed}{kind}: "
+            f"[{i}/{len(runs)}] {run.label} on {run.config.model}, seed {run.config.seed}{tag}: "
             + ("reused" if done else "training")
         )
         started = time.monotonic()

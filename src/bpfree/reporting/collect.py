@@ -31,6 +31,8 @@ class Group:
     runs: dict[int, dict[str, Any]] = field(default_factory=dict)  # seed -> result.json
     history: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # seed -> epochs
     planned: set[int] = field(default_factory=set)  # the seeds the comparison plans
+    # seed -> epochs of the same run in one process (compare --one-process-reference)
+    reference: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
     def completed(self) -> dict[int, dict[str, Any]]:
         return {s: r for s, r in self.runs.items() if r.get("status") == "completed"}
@@ -91,9 +93,19 @@ def load_comparison(path: str | Path) -> tuple[dict[str, Any], dict[str, Group]]
         if (run_dir / "result.json").exists():
             group.runs[seed] = read_json(run_dir / "result.json", RESULT_FIELDS)
         if (run_dir / "metrics.jsonl").exists():
-            lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-            group.history[seed] = [json.loads(x) for x in lines if x.strip()]
+            group.history[seed] = _epochs(run_dir / "metrics.jsonl")
+    for run in manifest.get("one_process", {}).get("runs", []):
+        run_dir = root / "runs" / str(run.get("key"))
+        group, seed = groups.get(str(run.get("label"))), run.get("seed")
+        if group is not None and isinstance(seed, int) and (run_dir / "result.json").exists():
+            group.reference[seed] = _epochs(run_dir / "metrics.jsonl")
     return manifest, groups
+
+
+def _epochs(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def load_grid(root: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:

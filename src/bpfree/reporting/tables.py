@@ -266,7 +266,8 @@ def cost_cells(row: Row) -> list[str]:
     ]
 
 
-def _md(headers: list[str], rows: list[list[str]]) -> str:
+def md_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -286,8 +287,8 @@ def statistics_note(rows: list[Row]) -> str:
 
 
 def markdown(rows: list[Row]) -> str:
-    acc = _md(ACCURACY_HEADERS, [accuracy_cells(r) for r in rows])
-    cost = _md(COST_HEADERS, [cost_cells(r) for r in rows])
+    acc = md_table(ACCURACY_HEADERS, [accuracy_cells(r) for r in rows])
+    cost = md_table(COST_HEADERS, [cost_cells(r) for r in rows])
     return f"{acc}\n{statistics_note(rows)}\n\n{cost}"
 
 
