@@ -151,14 +151,32 @@ class ForwardGradientLocal(Rule):
             parts.append(vmap(derivative, in_dims=1, out_dims=1)(t_logits))
         return torch.cat(parts, dim=1)
 
-    def keep_mask(self, block: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
-        """relu'(z), times the block's inverted-dropout mask in training (from the rule's
-        generator, so a resumed run draws the same masks)."""
+    def draws(
+        self, block: torch.nn.Module, shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """A block's random numbers for one step, in their one order, from the rule's generator
+        (so a resumed run draws the same): the dropout uniforms (None when the block drops
+        nothing now), then one normal perturbation per tangent, each of the block's output
+        ``shape``."""
+        device = block.linear.weight.device
+        uniform = None
+        if float(getattr(block, "p_drop", 0.0)) > 0 and block.training:
+            uniform = torch.rand(shape, generator=self.generator, device=device)
+        normals = [
+            torch.randn(shape, generator=self.generator, device=device)
+            for _ in range(self.hp.tangents)
+        ]
+        return uniform, normals
+
+    @staticmethod
+    def keep_mask(
+        block: torch.nn.Module, z: torch.Tensor, uniform: torch.Tensor | None
+    ) -> torch.Tensor:
+        """relu'(z), times the block's inverted-dropout mask from ``uniform`` in training."""
         keep = (z > 0).to(z.dtype)
-        p = float(getattr(block, "p_drop", 0.0))
-        if p > 0 and block.training:
-            drop = torch.rand(z.shape, generator=self.generator, device=z.device) >= p
-            keep = keep * drop.to(z.dtype) / (1 - p)
+        if uniform is not None:
+            p = float(block.p_drop)
+            keep = keep * (uniform >= p).to(z.dtype) / (1 - p)
         return keep
 
     def train_step(self, batch: Batch) -> torch.Tensor:
@@ -177,11 +195,11 @@ class ForwardGradientLocal(Rule):
         """Block j's update on the detached input h: (its output a_j, its local loss)."""
         z = block.linear(h.flatten(1))  # graph: this linear map only (h is detached)
         with torch.no_grad():
-            keep = self.keep_mask(block, z)
+            uniform, normals = self.draws(block, tuple(z.shape))
+            keep = self.keep_mask(block, z, uniform)
             a = z * keep  # relu(z) (and dropout)
             g_z = torch.zeros_like(z)
-            for _ in range(self.hp.tangents):  # averaged: variance / tangents
-                u = torch.randn(z.shape, generator=self.generator, device=z.device)
+            for u in normals:  # averaged: variance / tangents
                 d = self.group_derivatives(j, a, keep * u, y)  # (B, G)
                 g_z += (d.unsqueeze(2) * grouped(u, d.shape[1])).flatten(1)[:, : z.shape[1]]
             g_z.mul_(keep / self.hp.tangents)
@@ -214,18 +232,10 @@ class ForwardGradientLocal(Rule):
             if start <= j < stop:
                 h, loss = self.block_step(j, block, h, batch.y)
             else:
-                self.replay_draws(block, (int(batch.y.shape[0]), self.model.block_dims[j]))
+                self.draws(block, (int(batch.y.shape[0]), self.model.block_dims[j]))  # dropped
         self.opt.step()  # steps only the parameters with gradients: this stage's
         last = stop == len(self.model.blocks)  # the reported loss: the output head's
         return h.detach(), loss.detach() if last else torch.zeros_like(loss)
-
-    def replay_draws(self, block: torch.nn.Module, shape: tuple[int, int]) -> None:
-        """Draw what block_step draws for a block of output ``shape``, and drop it."""
-        device = block.linear.weight.device
-        if float(getattr(block, "p_drop", 0.0)) > 0 and block.training:
-            torch.rand(shape, generator=self.generator, device=device)
-        for _ in range(self.hp.tangents):
-            torch.randn(shape, generator=self.generator, device=device)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         assert self.model is not None
