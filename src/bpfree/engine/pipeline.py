@@ -156,13 +156,14 @@ class Group:
         self.times.process_cpu_s = time.process_time() - pcpu
         return stats
 
+    def _stage_input(self, rule: Rule, batch: Batch) -> torch.Tensor:
+        """The first stage's input from the batch; every other's from the stage before it."""
+        if self.rank == 0:
+            return rule.pipeline_input(batch)
+        return receive(self.rank - 1, batch.x.device, self.times)
+
     def _local_step(self, rule: Rule, batch: Batch, pending: Pending) -> torch.Tensor:
-        device = batch.x.device
-        h = (
-            rule.pipeline_input(batch)
-            if self.rank == 0
-            else receive(self.rank - 1, device, self.times)
-        )
+        h = self._stage_input(rule, batch)
         begin = time.perf_counter()
         out, loss = rule.pipeline_step(self.span.start, self.span.stop, h, batch)
         self.times.compute_s += time.perf_counter() - begin
@@ -175,11 +176,7 @@ class Group:
         sends the batch's error to every stage, which applies it ``pipeline_lag`` batches later
         (0: before it forwards the next batch)."""
         device, last = batch.x.device, self.world - 1
-        h = (
-            rule.pipeline_input(batch)
-            if self.rank == 0
-            else receive(self.rank - 1, device, self.times)
-        )
+        h = self._stage_input(rule, batch)
         begin = time.perf_counter()
         out, saved = rule.pipeline_forward_span(self.span.start, self.span.stop, h)
         if self.rank == last:  # the error goes out first: the stages update at the same time
