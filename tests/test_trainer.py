@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import bpfree
 from bpfree.engine import RunInterrupted, Trainer
@@ -190,3 +191,26 @@ def test_a_hostile_or_broken_checkpoint_is_refused_without_running_code(
     with pytest.raises(ConfigError, match="cannot be read as a bpfree checkpoint"):
         bpfree.train(**settings, out=out, resume=True)
     assert not marker.exists()
+
+
+def test_module_dropout_is_seeded_and_resumes_bit_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model's own dropout (nn.Dropout and F.dropout draw from the global RNG) takes its
+    masks from the run seed: the same seed trains the same, a resumed run equals the
+    uninterrupted one, and the caller's global RNG is left as it was."""
+    settings = dict(rule="bp", seed=2, **{**SMALL, "model": "mlp_2x64_drop10"}, progress=False)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    full = bpfree.train(**settings)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(999)  # another caller state: the run does not depend on it
+    assert bpfree.train(**settings).metrics == full.metrics
+    assert bpfree.train(**{**settings, "seed": 3}).metrics != full.metrics
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 2)
+        with pytest.raises(RunInterrupted):
+            bpfree.train(**settings, out=tmp_path / "run")
+    torch.manual_seed(7)
+    resumed = bpfree.train(**settings, out=tmp_path / "run", resume=True)
+    assert resumed.metrics == full.metrics

@@ -1,9 +1,9 @@
 """Checkpoints: everything a run needs to continue exactly where it stopped.
 
 Written atomically after every epoch, outside the timed windows; removed when the run finishes.
-Holds the rule (modules, optimizers, extra state), both generators, the loop state (phase,
-epoch, history, cost, best weights, early stopping), plus the resolved config, so a resume with
-other settings is refused.
+Holds the rule (modules, optimizers, extra state), the batch and rule generators, the global RNG
+(a model's own dropout draws from it), the loop state (phase, epoch, history, cost, best
+weights, early stopping), plus the resolved config, so a resume with other settings is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 
 from bpfree.config import TrainConfig
 from bpfree.engine.io import save_torch
+from bpfree.engine.seeding import global_rng_state, set_global_rng_state
 from bpfree.engine.state import LoopState
 from bpfree.errors import ConfigError
 from bpfree.rules import Rule
@@ -34,6 +35,7 @@ def save_checkpoint(
             "rule": rule.state_dict(),
             "batch_generator": batches.get_state(),
             "rule_generator": rule.generator.get_state(),
+            "global_rng": global_rng_state(rule.generator.device),
             **state.to_checkpoint(),
         },
     )
@@ -74,3 +76,5 @@ def restore(rule: Rule, batches: torch.Generator, ckpt: dict[str, Any]) -> None:
     assert gen is not None
     state = ckpt["rule_generator"]
     gen.set_state(state.to(gen.device) if gen.device.type != "cpu" else state)
+    if "global_rng" in ckpt:  # checkpoints before it was saved: the run continues unseeded
+        set_global_rng_state(ckpt["global_rng"], gen.device)

@@ -46,7 +46,7 @@ from bpfree.engine.loop import EpochStats, evaluate, train_epoch
 from bpfree.engine.pipeline import Group
 from bpfree.engine.result import RunResult, build_result
 from bpfree.engine.rundir import RunDir
-from bpfree.engine.seeding import generator
+from bpfree.engine.seeding import generator, seeded_global_rng
 from bpfree.engine.state import LoopState, clone_modules, new_stopper, restore_modules
 from bpfree.engine.windows import SELECTION, TEST, TRAIN, Windows
 from bpfree.errors import ConfigError, shorten
@@ -113,7 +113,7 @@ class Trainer:
         if self.group is not None:
             self.group.setup(rule)
         self.rundir.start(self.config, describe(device))
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), seeded_global_rng(self.config.seed, device):
             return self._train(rule, self.data, device, ckpt)
 
     def _train(
