@@ -32,17 +32,16 @@ import torch
 from bpfree.config import TrainConfig
 from bpfree.engine import run_config
 from bpfree.engine.environment import describe
+from bpfree.reporting.parallel import samples_per_s
 from bpfree.settings import parse_value
 
 
 def measure(settings: dict[str, Any], out: Path) -> dict[str, Any]:
     result = run_config(TrainConfig.build(settings), out, progress=False)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    wall = sum(r["train_wall_time_s"] for r in records)
-    samples = sum(r["samples"] for r in records)
     return {
-        "samples_per_s": samples / wall,
-        "train_wall_s": wall,
+        "samples_per_s": samples_per_s(records),  # as the report's Parallel runs section
+        "train_wall_s": sum(r["train_wall_time_s"] for r in records),
         "test_accuracy": result.to_dict()["metrics"]["test_accuracy"],
         "processes": records[-1].get("processes"),
     }
