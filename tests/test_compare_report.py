@@ -294,3 +294,14 @@ def test_a_run_interrupted_before_its_first_checkpoint_trains_again(tmp_path: Pa
     assert "[1/2] mf on mlp_2x32, seed 0: training" in rerun.stderr
     assert "[2/2] bp@mlp_2x32 on mlp_2x32, seed 0: reused" in rerun.stderr
     assert json.loads(path.read_text())["status"] == "completed"
+
+
+def test_twin_note_names_what_the_own_twins_were_given() -> None:
+    from bpfree.reporting.html import twin_note
+
+    entry = {"label": "mf", "twin": "bp@m", "twin_hparams": {}}
+    assert twin_note({"twin_mode": "own", "entries": [entry]}).endswith("(not matched to its rule)")
+    given = {**entry, "twin_hparams": {"lr": 3e-4, "optimizer": "adam"}}
+    note = twin_note({"twin_mode": "own", "entries": [given]})
+    assert note.endswith("but for lr=0.0003, optimizer=adam (--set bp.KEY=VALUE)")
+    assert twin_note({"twin_mode": "matched", "entries": [given]}).startswith("matched:")

@@ -73,7 +73,15 @@ def twin_note(manifest: dict[str, Any]) -> str:
             "matched: each twin takes its rule's optimizer, lr, weight decay, momentum, batch "
             "size and lr schedule, so the two differ only in the gradient they follow"
         )
-    return "own: each twin with backprop's own defaults (not matched to its rule)"
+    note = "own: each twin with backprop's own defaults (not matched to its rule)"
+    given = sorted(
+        {
+            f"{k}={v}"
+            for e in manifest.get("entries", [])
+            for k, v in e.get("twin_hparams", {}).items()
+        }
+    )
+    return note + (f", but for {', '.join(given)} (--set bp.KEY=VALUE)" if given else "")
 
 
 def _commits(shas: dict[str, int]) -> str:

@@ -44,9 +44,10 @@ Where this departs from the paper:
   * Optimizer Adam lr 1e-3 (the toolkit's default; the paper's runs used SGD with momentum and
     a warm-up cosine schedule on other networks). ``groups`` defaults to 1000, one group per
     unit of the native network's blocks: the lowest-variance setting, chosen from the
-    estimator, not from results. ``tangents`` defaults to 1; the committed comparison's
-    ``tangents=4`` was hand-picked (benchmarks/results/forward_gradients.md); tuning searches
-    it over {1, 2, 4} on validation, with groups and the optimizer's settings.
+    estimator, not from results. ``tangents`` defaults to 1; ``tangents=4`` at lr 1e-3 was
+    first hand-picked, then selected on a stated validation grid (tangents {1, 4} x lr {3e-4,
+    1e-3, 3e-3}; benchmarks/results/forward_gradients.md); tuning searches it over {1, 2, 4}
+    on validation, with groups and the optimizer's settings.
 
 Pipeline stages (``--stages K``): a block with its local head is a unit; each stage updates
 its blocks as soon as a batch arrives (no signal crosses blocks). The perturbations come from
