@@ -35,6 +35,10 @@ SETTINGS = (
     ("mezo", "all", {}, "MeZO (ZO-SGD), full"),
     ("mezo", "lora", {}, "MeZO (ZO-SGD), LoRA"),
     ("mezo", "all", {"variant": "adam"}, "ZO-Adam, full"),
+    ("mezo", "lora", {"variant": "momentum"}, "ZO-SGD-MMT, LoRA"),
+    ("mezo", "lora", {"variant": "sign"}, "ZO-SGD-Sign, LoRA"),
+    ("mezo", "lora", {"variant": "conservative"}, "ZO-SGD-Cons, LoRA"),
+    ("mezo", "lora", {"variant": "adam"}, "ZO-Adam, LoRA"),
     ("fg", "all", {"optimizer": "sgd"}, "forward gradient (1 tangent, SGD), full"),
     ("fg", "lora", {"optimizer": "sgd"}, "forward gradient (1 tangent, SGD), LoRA"),
 )
