@@ -61,6 +61,7 @@ The reported training loss is the last block's local loss (that of the output he
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,19 +155,20 @@ class ForwardGradientLocal(Rule):
 
     def draws(
         self, block: torch.nn.Module, shape: tuple[int, ...]
-    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    ) -> tuple[torch.Tensor | None, Iterator[torch.Tensor]]:
         """A block's random numbers for one step, in their one order, from the rule's generator
         (so a resumed run draws the same): the dropout uniforms (None when the block drops
         nothing now), then one normal perturbation per tangent, each of the block's output
-        ``shape``."""
+        ``shape``. The normals are drawn one at a time as the iterator is consumed (one
+        perturbation alive at a time); consume it wholly, so the next block draws in order."""
         device = block.linear.weight.device
         uniform = None
         if float(getattr(block, "p_drop", 0.0)) > 0 and block.training:
             uniform = torch.rand(shape, generator=self.generator, device=device)
-        normals = [
+        normals = (
             torch.randn(shape, generator=self.generator, device=device)
             for _ in range(self.hp.tangents)
-        ]
+        )
         return uniform, normals
 
     @staticmethod
@@ -233,7 +235,9 @@ class ForwardGradientLocal(Rule):
             if start <= j < stop:
                 h, loss = self.block_step(j, block, h, batch.y)
             else:
-                self.draws(block, (int(batch.y.shape[0]), self.model.block_dims[j]))  # dropped
+                _, normals = self.draws(block, (int(batch.y.shape[0]), self.model.block_dims[j]))
+                for _ in normals:  # drawn and dropped
+                    pass
         self.opt.step()  # steps only the parameters with gradients: this stage's
         last = stop == len(self.model.blocks)  # the reported loss: the output head's
         return h.detach(), loss.detach() if last else torch.zeros_like(loss)
