@@ -182,3 +182,7 @@ def test_rows_near_chance_are_flagged_and_short_budgets_called_smoke_tests() -> 
     full = {"runs": [{"config": {"epochs": 30, "train_samples": None}}]}
     assert "Smoke test: 2 data passes on the first 5,000" in (smoke_test(short) or "")
     assert smoke_test(full) is None
+    tuned = {"runs": [{"config": {"epochs": 2, "k_shot": 512, "init_from": "probe"}}]}
+    said = smoke_test(tuned) or ""
+    assert said.startswith("Short budget: 2 data passes of fine-tuning on 512 training examples")
+    assert "full training set" not in said and "pipeline" not in said

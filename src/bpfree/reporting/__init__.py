@@ -68,7 +68,11 @@ SMOKE_PASSES = 10  # fewer data passes than this, or a training subset: a smoke 
 
 
 def smoke_test(manifest: dict[str, Any]) -> str | None:
-    """A warning when the comparison's budget makes it a check of the pipeline, not a result."""
+    """A warning when the comparison's budget makes it a check of the pipeline, not a result.
+
+    Fine-tuning (runs that start from ``--init-from`` weights) is short by design, so there it
+    says what the budget was instead: the rows are results at that budget, not converged ones.
+    """
     configs = [r["config"] for r in manifest.get("runs", [])]
     if not configs:
         return None
@@ -76,7 +80,18 @@ def smoke_test(manifest: dict[str, Any]) -> str | None:
     subset = {c.get("train_samples") for c in configs} - {None}
     if passes >= SMOKE_PASSES and not subset:
         return None
-    on = f"the first {min(subset):,} training examples" if subset else "the full training set"
+    shots = {c.get("k_shot") for c in configs} - {None}
+    if shots:
+        on = f"{min(shots):,} training examples per class (k-shot)"
+    elif subset:
+        on = f"the first {min(subset):,} training examples"
+    else:
+        on = "the full training set"
+    if any(c.get("init_from") for c in configs):
+        return (
+            f"Short budget: {passes} data passes of fine-tuning on {on}. Each row is a result "
+            "at this budget; a rule that needs more steps has not converged here."
+        )
     return (
         f"Smoke test: {passes} data passes on {on}. A check that the pipeline runs, not a "
         "result: rules compared here have not converged."
