@@ -58,3 +58,13 @@ def test_compare_refuses_what_no_compared_rule_takes() -> None:
         split_sets(["dfa.lr=0.1"], ["mf"])
     with pytest.raises(ConfigError, match="--seeds"):
         split_sets(["seed=3"], ["mf"])
+
+
+def test_seeds_parse_as_a_count_or_a_list_and_zero_says_how_to_run_seed_zero() -> None:
+    from bpfree.comparison.plan import parse_seeds
+
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("0,5,9") == [0, 5, 9]
+    with pytest.raises(ConfigError, match="--seeds 1 runs seed 0 alone"):
+        parse_seeds("0")
+    with pytest.raises(ConfigError, match=r"a count .* or a list"):
+        parse_seeds("two")

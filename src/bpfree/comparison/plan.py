@@ -234,14 +234,16 @@ def parse_seeds(seeds: int | str | list[int]) -> list[int]:
             if "," in text:
                 values = [int(s) for s in split_commas(text, "--seeds")]
             else:
-                n = int(text)
-                if n < 1:
-                    raise ConfigError(f"--seeds must be >= 1, got {n}")
-                values = list(range(n))
+                values = list(range(int(text)))
         except ValueError:
             raise ConfigError(
                 f"--seeds expects a count (3) or a list of seeds (0,5,9), got {text[:40]!r}"
             ) from None
+        if not values:
+            raise ConfigError(
+                f"--seeds is a count of seeds, at least 1, got {text!r} (--seeds 1 runs seed 0 "
+                "alone; a list such as 0,5,9 names the seeds)"
+            )
     if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
         raise ConfigError(f"seeds must be integers >= 0, got {values}")
     return values
