@@ -280,3 +280,24 @@ def test_mismatched_settings_are_refused(model: str, hp: dict[str, Any], message
         RuleCase("noprop", model, hp).make()
     with pytest.raises(ConfigError, match="inference_steps applies"):
         create_rule("noprop", {"inference_steps": 5})
+
+
+def test_each_variant_finds_its_own_network_without_model() -> None:
+    from bpfree.comparison.plan import parse_entries
+
+    pick = {
+        v: TrainConfig(rule="noprop", dataset="digits", hparams={"variant": v}).model
+        for v in ("dt", "ct", "fm")
+    }
+    assert pick == {"dt": "noprop_dt", "ct": "noprop_ct", "fm": "noprop_fm"}
+    entries = parse_entries("noprop,noprop:variant=ct,noprop:variant=fm", "digits")
+    assert [e.model for e in entries] == ["noprop_dt", "noprop_ct", "noprop_fm"]
+    # --model still wins, also for a variant's label (which holds an '=' itself)
+    chosen = parse_entries("noprop:variant=ct", "digits", {"noprop:variant=ct": "noprop_ct_t4"})
+    assert chosen[0].model == "noprop_ct_t4"
+    from bpfree.cli_compare import model_overrides
+
+    assert model_overrides(["noprop:variant=ct=noprop_ct_t4", "mf=mlp_2x8"]) == {
+        "noprop:variant=ct": "noprop_ct_t4",
+        "mf": "mlp_2x8",
+    }

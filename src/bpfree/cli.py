@@ -123,6 +123,9 @@ def _properties(info: Any) -> str:
     native = ", ".join(
         f"{'any' if kind == '*' else kind} -> {model}" for kind, model in info.native.items()
     )
+    if info.native_by is not None:
+        key, by_value = info.native_by
+        native += "".join(f", {key}={v} -> {m}" for v, m in by_value.items())
     return (
         f"reverse_ad={info.reverse_ad}, backward_locking={_flag(info.backward_locking)}, "
         f"weight_transport={_flag(info.weight_transport)}, "

@@ -109,15 +109,22 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--no-plots", action="store_true", help="tables only")
 
 
+def model_overrides(items: list[str]) -> dict[str, str]:
+    """``--model RULE=MODEL`` options; a variant's label holds '=' itself (noprop:variant=ct),
+    a model name never does, so the model is what follows the last '='."""
+    models = {}
+    for item in items:
+        if "=" not in item:
+            raise BpfreeError(f"--model expects RULE=MODEL, got {shorten(item)}")
+        rule, model = item.rsplit("=", 1)
+        models[rule.strip()] = model.strip()
+    return models
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from bpfree.comparison import compare
 
-    models = {}
-    for item in args.model:
-        if "=" not in item:
-            raise BpfreeError(f"--model expects RULE=MODEL, got {shorten(item)}")
-        rule, model = item.split("=", 1)
-        models[rule.strip()] = model.strip()
+    models = model_overrides(args.model)
     lr_grid = None
     if args.lr_grid is not None:
         try:

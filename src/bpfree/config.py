@@ -70,13 +70,13 @@ class TrainConfig:
         info = RULES.get(self.rule).info
         kind = DATASETS.get(self.dataset).kind
         if self.model is None:
-            object.__setattr__(self, "model", info.native_model(kind))
+            object.__setattr__(self, "model", info.native_model(kind, self.hparams))
         family = model_family(self.model)
         if family not in info.families:
             raise ConfigError(
                 f"rule {self.rule!r} cannot train {self.model!r}; it trains "
                 f"{' and '.join(info.families)} models (e.g. its native "
-                f"{info.native_model(kind)})"
+                f"{info.native_model(kind, self.hparams)})"
             )
         if (family == "text") != (kind == "text"):
             what = "a text model (minilm_l6, hf:DIR)" if kind == "text" else "an image model"

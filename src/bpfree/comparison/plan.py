@@ -32,9 +32,10 @@ BASELINE = baseline_rule()  # the backprop twin of every rule
 TWIN_MODES = ("matched", "own")
 
 
-def native_model(rule: str, dataset: str) -> str:
-    """The network rule ``rule`` declares as native for the kind of ``dataset``."""
-    return RULES.get(rule).info.native_model(DATASETS.get(dataset).kind)
+def native_model(rule: str, dataset: str, hparams: dict[str, Any] | None = None) -> str:
+    """The network rule ``rule`` declares as native for the kind of ``dataset`` (and its
+    settings, for a rule whose variants have networks of their own)."""
+    return RULES.get(rule).info.native_model(DATASETS.get(dataset).kind, hparams)
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def parse_entries(
                 raise ConfigError(f"rule variant {raw!r}: expected rule:key=value, got {item!r}")
             k, v = item.split("=", 1)
             hp[k] = parse_value(v)
-        model = models.get(raw, models.get(name)) or native_model(name, dataset)
+        model = models.get(raw, models.get(name)) or native_model(name, dataset, hp)
         if any(e.label == raw for e in entries):
             raise ConfigError(f"rule {raw!r} is listed twice")
         entries.append(Entry(raw, name, model, hp))

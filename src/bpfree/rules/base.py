@@ -54,6 +54,9 @@ class RuleInfo:
     # The network the rule is published on, per dataset kind ("grayscale", "color", ...; "*"
     # for any): what `train` and `compare` use unless told otherwise.
     native: Mapping[str, str] = field(default_factory=dict)
+    # A setting whose value picks another native network for image data, e.g. ("variant",
+    # {"ct": "noprop_ct"}): ``noprop:variant=ct`` then trains noprop_ct without --model.
+    native_by: tuple[str, Mapping[str, str]] | None = None
     baseline: bool = False  # the end-to-end backprop baseline every rule is compared with
     rule_version: str = "1"
     # What a run may train (``--trainable``): "all" parameters, only the rule's "head" on a
@@ -71,9 +74,15 @@ class RuleInfo:
     pipeline_note: str = "it declares no pipeline schedule"
     data_parallel: bool = False
 
-    def native_model(self, dataset_kind: str) -> str:
-        """The rule's native network for a dataset kind; ConfigError when it declares none.
-        The "*" entry stands for the image kinds: text needs a text model of its own."""
+    def native_model(self, dataset_kind: str, hparams: Mapping[str, Any] | None = None) -> str:
+        """The rule's native network for a dataset kind (and, where ``native_by`` says so, for
+        the run's settings); ConfigError when it declares none. The "*" entry stands for the
+        image kinds: text needs a text model of its own."""
+        if self.native_by is not None and dataset_kind != TEXT_KIND:
+            key, by_value = self.native_by
+            chosen = by_value.get(str((hparams or {}).get(key)))
+            if chosen is not None:
+                return chosen
         fallback = None if dataset_kind == TEXT_KIND else self.native.get(ANY_KIND)
         model = self.native.get(dataset_kind, fallback)
         if model is None:
@@ -281,7 +290,8 @@ def check_rule_class(cls: type[Rule]) -> None:
             f"rule {info.name!r} declares no native network: set RuleInfo(native={{...}}), "
             "e.g. {'*': 'mlp_2x1000'}"
         )
-    for kind, model in info.native.items():
+    by_setting = dict(info.native_by[1]) if info.native_by else {}
+    for kind, model in [*info.native.items(), *by_setting.items()]:
         try:
             family = MODELS.get(model).family
         except ConfigError as exc:

@@ -158,6 +158,7 @@ class NoProp(Rule):
         forward_passes_per_step=1,  # each block sees the batch once
         families=(FAMILY,),
         native={"*": "noprop_dt"},
+        native_by=("variant", {"ct": "noprop_ct", "fm": "noprop_fm"}),
         pipeline_note="DT's blocks share the output head and the class embedding, stepped after "
         "every block (T updates per batch, in block order), so its blocks cannot run apart and "
         "stay the same algorithm; CT and FM train one block",
