@@ -60,11 +60,16 @@ def test_compare_refuses_what_no_compared_rule_takes() -> None:
         split_sets(["seed=3"], ["mf"])
 
 
-def test_seeds_parse_as_a_count_or_a_list_and_zero_says_how_to_run_seed_zero() -> None:
+def test_seeds_parse_as_a_count_a_list_or_a_range_and_zero_says_how_to_run_seed_zero() -> None:
     from bpfree.comparison.plan import parse_seeds
 
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("0,5,9") == [0, 5, 9]
     with pytest.raises(ConfigError, match="--seeds 1 runs seed 0 alone"):
         parse_seeds("0")
-    with pytest.raises(ConfigError, match=r"a count .* or a list"):
+    with pytest.raises(ConfigError, match=r"a count .* or a range"):
         parse_seeds("two")
+    assert parse_seeds("2-2") == [2] and parse_seeds("0,3-5") == [0, 3, 4, 5]
+    with pytest.raises(ConfigError, match="runs backwards"):
+        parse_seeds("4-3")
+    with pytest.raises(ConfigError, match="listed twice"):
+        parse_seeds("0-2,1")

@@ -23,7 +23,11 @@ def add_parsers(sub: Any) -> None:
         help="comma-separated rules; a variant as rule:key=value (e.g. cafo:blocks=dfa)",
     )
     p.add_argument("--dataset", required=True)
-    p.add_argument("--seeds", default="3", help="how many seeds (0..N-1), or a list like 0,5,9")
+    p.add_argument(
+        "--seeds",
+        default="3",
+        help="how many seeds (0..N-1), a list like 0,5,9, or a range like 3-4 (2-2: seed 2)",
+    )
     p.add_argument(
         "--out", type=nonempty, required=True, help="comparison directory (rerun to continue it)"
     )

@@ -226,19 +226,23 @@ def split_sets(
 
 
 def parse_seeds(seeds: int | str | list[int]) -> list[int]:
-    """``3`` -> [0, 1, 2]; ``"0,5,9"`` -> [0, 5, 9]; anything else is a ConfigError."""
+    """``3`` -> [0, 1, 2]; ``"0,5,9"`` -> [0, 5, 9]; ranges ``"3-4"`` -> [3, 4] (``"2-2"``:
+    seed 2 alone), also in a list (``"0,3-4"``); anything else is a ConfigError."""
     if isinstance(seeds, list):
         values = seeds
     else:
         text = str(seeds).strip()
         try:
-            if "," in text:
-                values = [int(s) for s in split_commas(text, "--seeds")]
+            if "," in text or "-" in text.lstrip("-"):
+                values = [v for item in split_commas(text, "--seeds") for v in _seed_range(item)]
             else:
                 values = list(range(int(text)))
+        except ConfigError:
+            raise
         except ValueError:
             raise ConfigError(
-                f"--seeds expects a count (3) or a list of seeds (0,5,9), got {text[:40]!r}"
+                f"--seeds expects a count (3), a list of seeds (0,5,9) or a range (3-4), got "
+                f"{text[:40]!r}"
             ) from None
         if not values:
             raise ConfigError(
@@ -247,7 +251,20 @@ def parse_seeds(seeds: int | str | list[int]) -> list[int]:
             )
     if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
         raise ConfigError(f"seeds must be integers >= 0, got {values}")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"a seed is listed twice in {values}")
     return values
+
+
+def _seed_range(item: str) -> list[int]:
+    """``"5"`` -> [5]; ``"3-4"`` -> [3, 4]; a range that runs backwards is a ConfigError."""
+    first, sep, last = item.partition("-")
+    if not sep:
+        return [int(item)]
+    lo, hi = int(first), int(last)
+    if hi < lo:
+        raise ConfigError(f"--seeds range {item!r} runs backwards (write {hi}-{lo})")
+    return list(range(lo, hi + 1))
 
 
 @dataclass(frozen=True)
