@@ -52,6 +52,33 @@ def test_label_count_mismatch(tmp_path: Path, no_env_data: Path) -> None:
         load_dataset("mnist", data_dir=tmp_path / "d")
 
 
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_and_fashion_mnist_files_are_told_apart_by_their_test_labels(
+    tmp_path: Path, no_env_data: Path, gz: bool
+) -> None:
+    """The two share file names: a folder of one is never read as the other (their canonical
+    test sets differ in labels per class: Fashion-MNIST 1000 each, MNIST uneven)."""
+    from bpfree.data.catalog import DATASETS, locate, missing_message
+
+    folder = write_idx_dataset(tmp_path / "fm", n_train=20, n_test=10, gz=gz)
+    labels = np.repeat(np.arange(10, dtype=np.uint8), 1000)  # Fashion-MNIST's test labels
+    name = "t10k-labels-idx1-ubyte" + (".gz" if gz else "")
+    raw = idx_bytes(labels)
+    (folder / name).write_bytes(gzip.compress(raw) if gz else raw)
+    fashion, mnist = DATASETS.get("fashion_mnist"), DATASETS.get("mnist")
+    assert locate(fashion, folder)[0] == folder
+    where, looked = locate(mnist, folder)
+    assert where is None
+    assert f"{folder} holds fashion_mnist's files, not mnist's" in missing_message(mnist, looked)
+    counts = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # MNIST's test labels
+    raw = idx_bytes(np.repeat(np.arange(10, dtype=np.uint8), counts))
+    (folder / name).write_bytes(gzip.compress(raw) if gz else raw)
+    assert locate(mnist, folder)[0] == folder and locate(fashion, folder)[0] is None
+    # any other labels (a user's own copy or subset) belong to neither: both may read them
+    write_idx_dataset(folder, n_train=20, n_test=10, gz=gz)
+    assert locate(mnist, folder)[0] == folder == locate(fashion, folder)[0]
+
+
 def test_split_is_fixed_and_independent_of_run_seed() -> None:
     a_tr, a_va = split_indices(1000, 0.1, data_seed=0)
     _, b_va = split_indices(1000, 0.1, data_seed=0)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bpfree.answers import user_cache_dir
-from bpfree.data.formats import CifarArchive, load_cifar_batch, read_idx
+from bpfree.data.formats import CifarArchive, load_cifar_batch, read_idx, read_idx_set
 from bpfree.data.text import (
     NPM_PACKAGE,
     SPAM_ASSASSIN_CLASSES,
@@ -268,6 +268,11 @@ def _candidate_dirs(spec: DatasetSpec, roots: list[Path], user_dir: bool = False
 
 
 def _find_idx(spec: DatasetSpec, folder: Path) -> dict[str, Path] | None:
+    found = _idx_in(folder)
+    return None if found is None or _idx_owner(found) not in (None, spec.name) else found
+
+
+def _idx_in(folder: Path) -> dict[str, Path] | None:
     found = {}
     for key, stem in IDX_NAMES.items():
         for name in (stem + ".gz", stem, stem.replace("-idx", ".idx")):
@@ -277,6 +282,23 @@ def _find_idx(spec: DatasetSpec, folder: Path) -> dict[str, Path] | None:
         else:
             return None
     return found
+
+
+def _idx_owner(files: dict[str, Path]) -> str | None:
+    """Whose files these are, by the test labels' class counts (MNIST and Fashion-MNIST share
+    file names; copies differ in compression): a dataset's name, or None for any other set."""
+    try:
+        counts = tuple(np.bincount(read_idx(files["test_labels"], expected_ndim=1)).tolist())
+    except (DataError, ValueError, TypeError):
+        return None  # unreadable or odd labels: reading the dataset says what is wrong
+    return next((name for name, c in _TEST_LABEL_COUNTS.items() if c == counts), None)
+
+
+# The canonical test sets' labels per class (MNIST's are uneven, Fashion-MNIST's 1000 each)
+_TEST_LABEL_COUNTS = {
+    "mnist": (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
+    "fashion_mnist": (1000,) * 10,
+}
 
 
 _CIFAR = {
@@ -323,6 +345,11 @@ def missing_message(spec: DatasetSpec, looked: list[Path]) -> str:
             f'{{"text": ..., "label": ...}} per line ({where})'
         )
     places = ", ".join(str(p) for p in dict.fromkeys(looked))
+    if spec.format == "idx":  # a folder passed over for holding another dataset's files
+        for folder in dict.fromkeys(looked):
+            owner = _idx_owner(files) if (files := _idx_in(folder)) else None
+            if owner not in (None, spec.name):
+                places += f" ({folder} holds {owner}'s files, not {spec.name}'s)"
     how = f"run `{fetch_command(spec)}`"
     if spec.note.startswith(("Debian", "npm")):
         how += f" (or: `{spec.note.split(': ', 1)[1].split(' (')[0]}`)"
@@ -351,34 +378,7 @@ def read_raw(
     if spec.format == "idx":
         files = _find_idx(spec, where)
         assert files is not None
-        arrays = {
-            key: read_idx(path, expected_ndim=3 if key.endswith("images") else 1)
-            for key, path in files.items()
-        }
-        for part in ("train", "test"):
-            x, y = arrays[f"{part}_images"], arrays[f"{part}_labels"]
-            if x.shape[1:] != spec.input_shape[1:] or x.dtype != np.uint8:
-                raise DataError(
-                    f"{files[part + '_images']}: {x.dtype} images of {x.shape[1:]} pixels; "
-                    f"{spec.name} has uint8 images of {spec.input_shape[1:]} pixels"
-                )
-            if y.dtype.kind not in "ui":
-                raise DataError(f"{files[part + '_labels']}: labels are not integers")
-            if len(x) != len(y):
-                raise DataError(
-                    f"{files[part + '_images']}: {len(x)} images but "
-                    f"{files[part + '_labels']} has {len(y)} labels"
-                )
-            if y.size and (y.min() < 0 or y.max() >= spec.num_classes):
-                raise DataError(
-                    f"{files[part + '_labels']}: labels outside 0..{spec.num_classes - 1}"
-                )
-        return (
-            arrays["train_images"][:, None].astype(np.uint8),
-            arrays["train_labels"].astype(np.int64),
-            arrays["test_images"][:, None].astype(np.uint8),
-            arrays["test_labels"].astype(np.int64),
-        ), str(where)
+        return read_idx_set(files, spec.name, spec.input_shape[1:], spec.num_classes), str(where)
     folder = _CIFAR[spec.format][0]
     archive = CifarArchive(where, folder)
     if spec.format == "cifar10":

@@ -61,6 +61,39 @@ def read_idx(path: Path, expected_ndim: int | None = None) -> np.ndarray:
     )
 
 
+def read_idx_set(
+    files: dict[str, Path], name: str, hw: tuple[int, ...], num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """An IDX dataset's four files (train/test images/labels) as (train_x uint8 NCHW,
+    train_y, test_x, test_y), checked against the dataset's image size and classes."""
+    arrays = {
+        key: read_idx(path, expected_ndim=3 if key.endswith("images") else 1)
+        for key, path in files.items()
+    }
+    for part in ("train", "test"):
+        x, y = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+        if x.shape[1:] != tuple(hw) or x.dtype != np.uint8:
+            raise DataError(
+                f"{files[part + '_images']}: {x.dtype} images of {x.shape[1:]} pixels; "
+                f"{name} has uint8 images of {tuple(hw)} pixels"
+            )
+        if y.dtype.kind not in "ui":
+            raise DataError(f"{files[part + '_labels']}: labels are not integers")
+        if len(x) != len(y):
+            raise DataError(
+                f"{files[part + '_images']}: {len(x)} images but "
+                f"{files[part + '_labels']} has {len(y)} labels"
+            )
+        if y.size and (y.min() < 0 or y.max() >= num_classes):
+            raise DataError(f"{files[part + '_labels']}: labels outside 0..{num_classes - 1}")
+    return (
+        arrays["train_images"][:, None].astype(np.uint8),
+        arrays["train_labels"].astype(np.int64),
+        arrays["test_images"][:, None].astype(np.uint8),
+        arrays["test_labels"].astype(np.int64),
+    )
+
+
 class _CifarUnpickler(pickle.Unpickler):
     """Unpickles only what CIFAR batches contain: builtins and plain numpy arrays."""
 
