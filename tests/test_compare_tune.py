@@ -143,6 +143,7 @@ def _two_processes_share_one_comparison(tmp_path: Path, storage: str) -> None:
     tables = [(tmp_path / n / "report" / "table.md").read_text() for n in ("a", "b")]
     assert tables[0] == tables[1]
     manifest = json.loads((tmp_path / "a" / "compare.json").read_text())
+    assert str(tmp_path) not in json.dumps(manifest)  # the storage by its file's name alone
     for s in manifest["tuning"]["studies"].values():
         assert_exactly_n(s["study"], storage, 2)  # each study: its budget, nothing twice
     # Every seeded run trained exactly once, by one of the two processes.

@@ -12,7 +12,7 @@ from bpfree.config import TrainConfig, load_toml
 from bpfree.errors import ConfigError
 from bpfree.rules import RULES
 from bpfree.sweeps import Budget, SweepSummary, best_toml, resolve_url, search_space
-from bpfree.sweeps.storage import redact
+from bpfree.sweeps.storage import for_record, redact
 
 optuna = pytest.importorskip("optuna", reason="sweeps need the 'sweep' extra (optuna)")
 
@@ -82,6 +82,9 @@ def test_storage_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BPFREE_STORAGE", "postgres://u:p@h:5432/d")
     assert resolve_url(None) == "postgresql://u:p@h:5432/d"
     assert redact("postgresql://u:secret@h/d") == "postgresql://u:***@h/d"
+    # stored records: no password, and no machine's folder (results ship no local paths)
+    assert for_record(f"sqlite:///{tmp_path / 'x.db'}") == "sqlite:///x.db"
+    assert for_record("postgresql://u:secret@h/d") == "postgresql://u:***@h/d"
     with pytest.raises(ConfigError, match="unsupported sweep storage"):
         resolve_url("redis://h")
 

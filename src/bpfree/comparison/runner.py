@@ -39,7 +39,7 @@ from bpfree.errors import ConfigError, split_commas
 from bpfree.reporting import write_report
 from bpfree.rules import RULES
 from bpfree.sweeps.budget import Budget, search_space
-from bpfree.sweeps.storage import redact, resolve_url
+from bpfree.sweeps.storage import for_record, redact, resolve_url
 
 MANIFEST = "compare.json"
 TUNING_DB = "tuning.db"  # --tune without --storage: the studies live inside <out>
@@ -180,7 +180,7 @@ def compare(
     url = None
     if storage is not None:
         url = resolve_url(storage)
-        manifest["shared"] = {"storage": redact(url), "runs_study": f"{prefix}-runs"}
+        manifest["shared"] = {"storage": for_record(url), "runs_study": f"{prefix}-runs"}
     out.mkdir(parents=True, exist_ok=True)
     _check_manifest(out, manifest)
     tuning = None
@@ -303,7 +303,7 @@ def _tune(
 ) -> tuple[list[PlannedRun], dict[str, Any]]:
     """Tune every entry and twin under one budget; the plan with each one's best settings."""
     tune_url = url or resolve_url(str((out / TUNING_DB).resolve()))
-    where = redact(url) if url is not None else f"{TUNING_DB} in the comparison directory"
+    where = for_record(url) if url is not None else f"{TUNING_DB} in the comparison directory"
     overrides = {"epochs": request["epochs"], "train_samples": request["train_samples"]}
     targets = [
         Target(label, study_name(prefix, label), cfg)
@@ -311,7 +311,7 @@ def _tune(
     ]
     log(
         f"tuning {len(targets)} studies, {request['trials']} trials each, same budget "
-        f"({request['epochs']} data passes per trial) in {where}"
+        f"({request['epochs']} data passes per trial) in {redact(url) if url else where}"
     )
     records = tune_all(targets, budget, tune_url, log=log, progress=progress)
     return _tuned(plan, records), {**request, "storage": where, "studies": records}

@@ -72,6 +72,16 @@ def redact(url: str) -> str:
     return f"{scheme}://{user}:***@{host}" if ":" in creds else url
 
 
+def for_record(url: str) -> str:
+    """The URL as a stored record gives it: password hidden, and a SQLite file by its name
+    alone (its folder is one machine's detail, and results must not hold local paths)."""
+    url = redact(url)
+    if url.startswith("sqlite") and ":///" in url:
+        head, path = url.split(":///", 1)
+        return f"{head}:///{Path(path).name}" if path != ":memory:" else url
+    return url
+
+
 def sqlite_missing(url: str) -> bool:
     """A SQLite URL whose file does not exist yet (opening it would create it)."""
     if not url.startswith("sqlite") or ":///" not in url:

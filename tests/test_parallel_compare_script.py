@@ -1,0 +1,64 @@
+"""benchmarks/parallel_compare.sh: one comparison, several processes, one archive back.
+
+The script a lent GPU machine runs in one call (docs/device.md); tiny here: digits, 2x16 MLPs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("optuna", reason="the processes share runs through the 'sweep' extra")
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "parallel_compare.sh"
+ARGS = ["--rules", "mf", "--model", "mf=mlp_2x16", "--dataset", "digits", "--device", "cpu"]
+
+
+def _run(out: Path, deadline: int, epochs: int) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PY": sys.executable, "OMP_NUM_THREADS": "1"}
+    cmd = ["bash", str(SCRIPT), str(out), "tiny", "2", str(deadline), *ARGS]
+    cmd += ["--seeds", "2", "--epochs", str(epochs), "--set", f"patience={epochs}"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_two_processes_share_the_runs_and_one_archive_holds_them(tmp_path: Path) -> None:
+    done = _run(tmp_path, 400, 2)
+    assert done.returncode == 0, done.stderr
+    assert "4 of 4 runs finished" in done.stderr
+    trained = [
+        line
+        for log in tmp_path.glob("tiny-w*.log")
+        for line in log.read_text().splitlines()
+        if ": training (ticket" in line
+    ]
+    assert len(trained) == 4  # each run trained once, by one of the two processes
+    with tarfile.open(tmp_path / "tiny.tar.gz") as tar:
+        names = tar.getnames()
+        manifest = json.loads(tar.extractfile("tiny/compare.json").read())  # type: ignore[union-attr]
+    assert sum(n.endswith("/result.json") for n in names) == 4
+    assert "tiny/report/table.md" in names and not any(n.endswith(".pt") for n in names)
+    assert manifest["shared"]["storage"] == "sqlite:///tiny.db"  # no local folder in results
+
+
+def test_the_deadline_stops_the_processes_and_what_finished_is_still_packed(
+    tmp_path: Path,
+) -> None:
+    done = _run(tmp_path, 30, 5000)  # minutes of training each: none ends in 30 s
+    assert done.returncode == 0, done.stderr
+    assert "0 of 4 runs finished" in done.stderr
+    assert "run interrupted" in (tmp_path / "tiny-w0.log").read_text()
+    assert (tmp_path / "tiny.tar.gz").exists()
+
+
+def test_bad_arguments_print_the_usage() -> None:
+    done = subprocess.run(["bash", str(SCRIPT), "out"], capture_output=True, text=True)
+    assert done.returncode == 2 and "WORKERS" in done.stderr
+    bad = subprocess.run(["bash", str(SCRIPT), "o", "n", "two", "9", "--rules", "mf"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "whole numbers" in bad.stderr
