@@ -124,6 +124,41 @@ def test_rerun_with_other_options_is_refused(tmp_path: Path) -> None:
         compare(rules="mf", out=tmp_path / "c", report=False, **{**TINY, "epochs": 3})
 
 
+def test_comparison_written_by_an_earlier_version_continues(tmp_path: Path) -> None:
+    """A manifest from before a setting existed (here lr_drops, at its default) plans the same
+    runs: the comparison continues and reuses its finished runs; any real difference is refused."""
+    out = tmp_path / "c"
+    compare(rules="mf", out=out, report=False, **TINY)
+    path = out / "compare.json"
+    current = json.loads(path.read_text())
+    older = json.loads(path.read_text())
+    older["digest"] = "0123456789abcdef"  # what the older version's settings hashed to
+    for run in older["runs"]:
+        del run["config"]["hparams"]["lr_drops"]
+        assert run["config"]["hparams"]["lr"] == 0.001
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/result.json")}
+    assert len(finished) == 4
+    path.write_text(json.dumps(older))
+    compare(rules="mf", out=out, report=False, **TINY)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/result.json")} == finished
+    assert json.loads(path.read_text())["digest"] == current["digest"]  # rewritten as now
+
+    def refused(change) -> None:
+        stale = json.loads(json.dumps(older))
+        change(stale)
+        path.write_text(json.dumps(stale))
+        with pytest.raises(ConfigError, match="different comparison"):
+            compare(rules="mf", out=out, report=False, **TINY)
+
+    refused(lambda m: m["runs"][0]["config"]["hparams"].update(lr=0.002))
+    refused(lambda m: m["runs"][0]["config"]["hparams"].update(lr_drops="0.5"))
+    refused(lambda m: m["runs"][0]["config"]["hparams"].update(retired=1))  # no default now
+    refused(lambda m: m["runs"][0]["config"].update(patience=9))
+    refused(lambda m: m["runs"].pop())
+    refused(lambda m: m.update(seeds=[0, 2]))
+    refused(lambda m: m.update(tuning={"n_trials": 2}))
+
+
 def test_cli_compare_and_report(tmp_path: Path, capsys) -> None:
     code = main(
         [

@@ -126,7 +126,7 @@ def model_overrides(items: list[str]) -> dict[str, str]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from bpfree.comparison import compare
+    from bpfree.engine.interrupt import RunInterrupted
 
     models = model_overrides(args.model)
     lr_grid = None
@@ -139,7 +139,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
             ) from None
     if args.tune is not None or args.storage:
         quiet_optuna_logs()
-    result = compare(
+    try:
+        result = _compare(args, models, lr_grid)
+    except RunInterrupted:
+        raise RunInterrupted(
+            "comparison interrupted; run the same command again to continue it (finished runs "
+            "are reused, the interrupted run resumes from its last checkpoint)"
+        ) from None
+    if not args.no_report:
+        print((result.out / "report" / "table.md").read_text(), end="")
+        print(f"report: {result.out / 'report' / 'report.html'}")
+    return 0
+
+
+def _compare(args: argparse.Namespace, models: dict[str, str], lr_grid: list[float] | None) -> Any:
+    from bpfree.comparison import compare
+
+    return compare(
         rules=args.rules,
         dataset=args.dataset,
         out=args.out,
@@ -160,10 +176,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         lr_grid=lr_grid,
         one_process_reference=args.one_process_reference,
     )
-    if not args.no_report:
-        print((result.out / "report" / "table.md").read_text(), end="")
-        print(f"report: {result.out / 'report' / 'report.html'}")
-    return 0
 
 
 def _ceiling_sets(args: argparse.Namespace) -> list[str]:

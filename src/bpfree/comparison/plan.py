@@ -327,3 +327,70 @@ def one_process_plan(plan: list[PlannedRun], seed: int) -> list[PlannedRun]:
         for r in parallel
         if r.config.seed == seed
     ]
+
+
+def _differ_only_in_defaults(old: dict[str, Any], new: dict[str, Any], defaults: dict) -> bool:
+    """Equal but for keys one side lacks and the other holds at their default."""
+    for key in set(old) | set(new):
+        if key in old and key in new:
+            if old[key] != new[key]:
+                return False
+        elif key not in defaults or old.get(key, new.get(key)) != defaults[key]:
+            return False
+    return True
+
+
+def _same_config(old: Any, new: Any) -> bool:
+    if not (isinstance(old, dict) and isinstance(new, dict)) or old.get("rule") != new["rule"]:
+        return False
+    top = {
+        f.name: f.default
+        for f in dataclasses.fields(TrainConfig)
+        if f.default is not dataclasses.MISSING
+    }
+    hparams = RULES.get(new["rule"]).Hparams().to_dict()
+    rest = ({k: v for k, v in cfg.items() if k != "hparams"} for cfg in (old, new))
+    return _differ_only_in_defaults(*rest, top) and _differ_only_in_defaults(
+        old.get("hparams") or {}, new.get("hparams") or {}, hparams
+    )
+
+
+def _same_runs(olds: Any, news: list[dict[str, Any]]) -> bool:
+    if not isinstance(olds, list) or len(olds) != len(news):
+        return False
+    for o, n in zip(olds, news, strict=True):
+        if not isinstance(o, dict) or _without(o, "config") != _without(n, "config"):
+            return False
+        if not _same_config(o.get("config"), n["config"]):
+            return False
+    return True
+
+
+def _without(d: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+def same_plan(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether a comparison manifest written by an earlier version plans the runs of ``new``:
+    the same requests and run keys, every run's settings equal but for settings added since (or
+    removed) that sit at their defaults. An untuned comparison committed in parts can so be
+    continued by a later version. A tuned one is never matched this way (its stored runs hold
+    the tuned settings, not the request)."""
+    sections = ("runs", "lr_grid", "one_process")
+    if "tuning" in old or _without(old, "digest", "shared", *sections) != _without(
+        new, "digest", "shared", *sections
+    ):
+        return False
+    if not _same_runs(old.get("runs"), new["runs"]):
+        return False
+    for section in sections[1:]:
+        olds, news = old.get(section), new.get(section)
+        if (olds is None) != (news is None):
+            return False
+        if news is not None and (
+            not isinstance(olds, dict)
+            or _without(olds, "runs") != _without(news, "runs")
+            or not _same_runs(olds.get("runs"), news["runs"])
+        ):
+            return False
+    return True

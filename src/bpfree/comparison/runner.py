@@ -27,6 +27,7 @@ from bpfree.comparison.plan import (
     parse_entries,
     parse_seeds,
     plan_digest,
+    same_plan,
     split_sets,
 )
 from bpfree.comparison.queue import RunQueue
@@ -59,7 +60,7 @@ def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
     path = out / MANIFEST
     if path.exists():
         old = read_json(path, MANIFEST_FIELDS)
-        if old.get("digest") != manifest["digest"]:
+        if old.get("digest") != manifest["digest"] and not same_plan(old, manifest):
             raise ConfigError(
                 f"{out} holds a different comparison (other rules, seeds or settings); "
                 "rerun with the same options to continue it, or choose another --out"
