@@ -159,6 +159,24 @@ def test_comparison_written_by_an_earlier_version_continues(tmp_path: Path) -> N
     refused(lambda m: m.update(tuning={"n_trials": 2}))
 
 
+def test_only_trains_the_chosen_rows_and_a_later_call_the_rest(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "c"
+    part = compare(rules="mf", out=out, report=False, only="mf", **TINY)
+    assert [r.key for r in part.plan] == ["mf--mlp_2x32--s0", "mf--mlp_2x32--s1"]
+    first = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("runs/*/result.json")}
+    assert sorted(first) == ["mf--mlp_2x32--s0", "mf--mlp_2x32--s1"]
+    whole = compare(rules="mf", out=out, report=False, **TINY)  # the same comparison
+    assert len(whole.plan) == 4 and all(r.status == "completed" for r in whole.results.values())
+    for key, mtime in first.items():
+        assert (out / "runs" / key / "result.json").stat().st_mtime_ns == mtime  # reused
+    with pytest.raises(ConfigError, match="its rows: mf, bp@mlp_2x32"):
+        compare(rules="mf", out=out, report=False, only="mf,ff", **TINY)
+    with pytest.raises(ConfigError, match="--storage"):
+        compare(rules="mf", out=out, report=False, only="mf", storage="sqlite:///x.db", **TINY)
+    code = main(["compare", "--rules", "mf", "--dataset", "digits", "--only", "bp", "--out", "o"])
+    assert code == 2 and "'bp' is not a row of this comparison" in capsys.readouterr().err
+
+
 def test_cli_compare_and_report(tmp_path: Path, capsys) -> None:
     code = main(
         [

@@ -79,6 +79,12 @@ def add_parsers(sub: Any) -> None:
         help="with --stages or --replicas: also train each parallel run of the first seed in "
         "one process (validation only), so the report states the speedup",
     )
+    p.add_argument(
+        "--only",
+        metavar="LABELS",
+        help="train only these rows' runs now (labels as in the report, e.g. "
+        "cafo,bp@cnn_3block); the comparison is unchanged and a later call trains the rest",
+    )
     p.add_argument("--data-dir", type=nonempty)
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--no-report", action="store_true", help="train only; no report at the end")
@@ -175,6 +181,7 @@ def _compare(args: argparse.Namespace, models: dict[str, str], lr_grid: list[flo
         twin=args.twin,
         lr_grid=lr_grid,
         one_process_reference=args.one_process_reference,
+        only=args.only,
     )
 
 

@@ -7,7 +7,6 @@ shared by every process running the same comparison (:mod:`bpfree.comparison.que
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bpfree.comparison.manifest import MANIFEST, build_manifest, check_manifest, digest, runs_record
 from bpfree.comparison.plan import (
     BASELINE,
     Entry,
@@ -26,8 +26,6 @@ from bpfree.comparison.plan import (
     one_process_plan,
     parse_entries,
     parse_seeds,
-    plan_digest,
-    same_plan,
     split_sets,
 )
 from bpfree.comparison.queue import RunQueue
@@ -35,14 +33,13 @@ from bpfree.comparison.tune import Target, study_name, tune_all
 from bpfree.config import TrainConfig
 from bpfree.data import DataBundle
 from bpfree.engine import RunResult, load_data, run_config
-from bpfree.engine.io import MANIFEST_FIELDS, read_json, write_json
+from bpfree.engine.io import write_json
 from bpfree.errors import ConfigError, split_commas
 from bpfree.reporting import write_report
 from bpfree.rules import RULES
 from bpfree.sweeps.budget import Budget, search_space
 from bpfree.sweeps.storage import for_record, redact, resolve_url
 
-MANIFEST = "compare.json"
 TUNING_DB = "tuning.db"  # --tune without --storage: the studies live inside <out>
 
 
@@ -54,23 +51,6 @@ class Comparison:
     results: dict[str, RunResult]
     tuning: dict[str, Any] | None = field(default=None)  # compare.json's "tuning" record
     grid: list[GridRun] = field(default_factory=list)  # learning-rate sensitivity runs
-
-
-def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    path = out / MANIFEST
-    if path.exists():
-        old = read_json(path, MANIFEST_FIELDS)
-        if old.get("digest") != manifest["digest"] and not same_plan(old, manifest):
-            raise ConfigError(
-                f"{out} holds a different comparison (other rules, seeds or settings); "
-                "rerun with the same options to continue it, or choose another --out"
-            )
-    write_json(path, manifest)
-
-
-def _digest(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _tuning_targets(
@@ -121,6 +101,7 @@ def compare(
     twin: str = "matched",
     lr_grid: list[float] | None = None,
     one_process_reference: bool = False,
+    only: str | None = None,
 ) -> Comparison:
     """Train each rule on its native network and backprop on the same network, then report.
 
@@ -143,6 +124,10 @@ def compare(
     ``one_process_reference``: also train every parallel run (``stages`` or ``replicas`` > 1)
     of the first seed in one process, scored on validation only, so the report states the
     speedup over one process measured in this comparison.
+
+    ``only="cafo,bp@cnn_3block"``: train only these rows' runs in this call (labels as in the
+    report); the comparison, its plan and its manifest are unchanged, and a later call trains
+    the rest, so a long comparison can be run in parts in the order its costs suggest.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out)
@@ -160,6 +145,7 @@ def compare(
             entries, dataset, seed_list[0], base, lr_grid, twin, scoped.get(BASELINE)
         )
     refs = one_process_plan(plan, seed_list[0]) if one_process_reference else []
+    keep = _rows(only, plan, storage)
     if tune is not None and tune < 1:
         raise ConfigError(f"--tune must be >= 1 trial per study, got {tune}")
     if tune is None and (tune_epochs is not None or tune_train_samples is not None):
@@ -176,21 +162,26 @@ def compare(
         [r.key, {k: v for k, v in r.config.to_dict().items() if k != "data_dir"}]
         for r in [*plan, *grid, *refs]
     ]
-    prefix = "cmp-" + _digest(shared, request)
-    manifest = _manifest(dataset, seed_list, entries, plan, grid, twin, request, refs)
+    prefix = "cmp-" + digest(shared, request)
+    manifest = build_manifest(dataset, seed_list, entries, plan, grid, twin, request, refs)
     url = None
     if storage is not None:
         url = resolve_url(storage)
         manifest["shared"] = {"storage": for_record(url), "runs_study": f"{prefix}-runs"}
     out.mkdir(parents=True, exist_ok=True)
-    _check_manifest(out, manifest)
+    check_manifest(out, manifest)
     tuning = None
     if request is not None:
         plan, tuning = _tune(out, url, prefix, plan, entries, plan_budget, request, log, progress)
         refs = one_process_plan(plan, seed_list[0]) if refs else []  # the tuned settings
         manifest["tuning"] = tuning
-        manifest["runs"] = _runs_record(plan)
+        manifest["runs"] = runs_record(plan)
         write_json(out / MANIFEST, manifest)
+    if keep is not None:
+        plan = [r for r in plan if r.label in keep]
+        grid = [g for g in grid if g.base in keep]
+        refs = [r for r in refs if r.label in keep]
+        log(f"training only {', '.join(sorted(keep))}: {len(plan)} of the comparison's runs")
     data = load_data(plan[0].config)
     if url is not None:
         queue = RunQueue(
@@ -213,6 +204,25 @@ def compare(
     return comparison
 
 
+def _rows(only: str | None, plan: list[PlannedRun], storage: str | None) -> set[str] | None:
+    """The labels ``only`` names (None: every row), each a row of the plan."""
+    if only is None:
+        return None
+    if storage is not None:
+        raise ConfigError(
+            "--only trains chosen rows in this process; with --storage every process takes "
+            "the next waiting run of the whole comparison: leave one of them out"
+        )
+    labels = list(dict.fromkeys(r.label for r in plan))
+    wanted = split_commas(only, "--only")
+    for label in wanted:
+        if label not in labels:
+            raise ConfigError(
+                f"--only {label!r} is not a row of this comparison; its rows: {', '.join(labels)}"
+            )
+    return set(wanted)
+
+
 def _tuning_request(trials: int, budget: Budget, first: TrainConfig, seed: int) -> dict[str, Any]:
     return {
         "trials": trials,
@@ -222,73 +232,6 @@ def _tuning_request(trials: int, budget: Budget, first: TrainConfig, seed: int) 
         "train_samples": first.train_samples,
         "seed": seed,
     }
-
-
-def _runs_record(plan: list[PlannedRun]) -> list[dict[str, Any]]:
-    return [{"key": r.key, "label": r.label, "config": r.config.to_dict()} for r in plan]
-
-
-def _manifest(
-    dataset: str,
-    seeds: list[int],
-    entries: list[Entry],
-    plan: list[PlannedRun],
-    grid: list[GridRun],
-    twin: str,
-    request: dict[str, Any] | None,
-    refs: list[PlannedRun],
-) -> dict[str, Any]:
-    digest = plan_digest(plan)
-    if grid:
-        digest = _digest(digest, plan_digest(grid))
-    if refs:
-        digest = _digest(digest, plan_digest(refs))
-    manifest: dict[str, Any] = {
-        "digest": digest if request is None else _digest(digest, request),
-        "dataset": dataset,
-        "seeds": seeds,
-        "twin_mode": twin,
-        "entries": [
-            {
-                "label": e.label,
-                "rule": e.rule,
-                "model": e.model,
-                "hparams": e.hparams,
-                "twin": e.twin,
-                "twin_hparams": e.twin_hparams,
-            }
-            for e in entries
-        ],
-        "runs": _runs_record(plan),
-    }
-    if grid:
-        manifest["lr_grid"] = {
-            "values": sorted({g.lr for g in grid}),
-            "seed": grid[0].config.seed,
-            "runs": [
-                {
-                    "key": g.key,
-                    "label": g.label,
-                    "base": g.base,
-                    "lr": g.lr,
-                    "config": g.config.to_dict(),
-                }
-                for g in grid
-            ],
-        }
-    if refs:  # each parallel run's one-process reference, for the speedup
-        manifest["one_process"] = {
-            "runs": [
-                {
-                    "key": r.key,
-                    "label": r.label,
-                    "seed": r.config.seed,
-                    "config": r.config.to_dict(),
-                }
-                for r in refs
-            ]
-        }
-    return manifest
 
 
 def _tune(
