@@ -2,9 +2,10 @@
 
     python benchmarks/collect_comparison.py runs/fmnist-mlp benchmarks/results/fashion_mnist/mlp
 
-Copies ``compare.json`` and, for every finished run (a ``result.json`` and no checkpoint), its
-``result.json``, ``metrics.jsonl``, ``config.json`` and ``env.json``: no weights, no
-checkpoints, no tuning database. Then writes the report (tables, figures, ``report.html``)
+Copies ``compare.json`` and, for every finished run (a ``result.json`` and no checkpoint; a run
+interrupted before its first checkpoint is not finished), its ``result.json``,
+``metrics.jsonl``, ``config.json`` and ``env.json``: no weights, no checkpoints, no tuning
+database. Then writes the report (tables, figures, ``report.html``)
 into the destination, so ``bpfree report DEST`` regenerates the committed tables byte for byte.
 A comparison still running can be collected again later: finished runs are added.
 """
@@ -12,6 +13,7 @@ A comparison still running can be collected again later: finished runs are added
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import sys
@@ -23,6 +25,14 @@ SMALL = ("result.json", "metrics.jsonl", "config.json", "env.json")
 LOCAL_PATH = re.compile(r"/(home|root|tmp|work)/")
 
 
+def _finished(run: Path) -> bool:
+    """A result without a checkpoint, and not a run stopped before its first checkpoint
+    (which leaves only an ``interrupted`` result and trains again when the comparison reruns)."""
+    if not (run / "result.json").exists() or (run / "checkpoint.pt").exists():
+        return False
+    return json.loads((run / "result.json").read_text()).get("status") != "interrupted"
+
+
 def collect(src: Path, dst: Path) -> tuple[int, int]:
     """Copy the finished runs; returns (copied, still running or not started)."""
     if not (src / "compare.json").exists():
@@ -31,7 +41,7 @@ def collect(src: Path, dst: Path) -> tuple[int, int]:
     shutil.copy(src / "compare.json", dst / "compare.json")
     done = waiting = 0
     for run in sorted((src / "runs").iterdir()) if (src / "runs").exists() else []:
-        if not (run / "result.json").exists() or (run / "checkpoint.pt").exists():
+        if not _finished(run):
             waiting += 1
             continue
         (dst / "runs" / run.name).mkdir(parents=True, exist_ok=True)
