@@ -171,8 +171,6 @@ def test_only_trains_the_chosen_rows_and_a_later_call_the_rest(tmp_path: Path, c
         assert (out / "runs" / key / "result.json").stat().st_mtime_ns == mtime  # reused
     with pytest.raises(ConfigError, match="its rows: mf, bp@mlp_2x32"):
         compare(rules="mf", out=out, report=False, only="mf,ff", **TINY)
-    with pytest.raises(ConfigError, match="--storage"):
-        compare(rules="mf", out=out, report=False, only="mf", storage="sqlite:///x.db", **TINY)
     code = main(["compare", "--rules", "mf", "--dataset", "digits", "--only", "bp", "--out", "o"])
     assert code == 2 and "'bp' is not a row of this comparison" in capsys.readouterr().err
 

@@ -238,6 +238,24 @@ def _runs_trials(out: Path, storage: str) -> list[Any]:
         return []
 
 
+def test_only_with_a_shared_storage_takes_only_those_rows_tickets(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    settings: dict[str, Any] = dict(
+        rules="mf", seeds=2, models={"mf": "mlp_2x16"}, storage=storage, report=False, **TINY
+    )
+    part = compare(**settings, out=tmp_path / "a", only="bp@mlp_2x16")
+    assert sorted(part.results) == ["bp_at_mlp_2x16--mlp_2x16--s0", "bp_at_mlp_2x16--mlp_2x16--s1"]
+    study = json.loads((tmp_path / "a" / "compare.json").read_text())["shared"]["runs_study"]
+    trained = [
+        t.user_attrs["key"] for t in load_trials(study, storage) if t.state.name == "COMPLETE"
+    ]
+    assert sorted(trained) == sorted(part.results)  # the mf tickets wait for another process
+    whole = compare(**settings, out=tmp_path / "b")  # another process, every row
+    assert len(whole.results) == 4
+    done = [t for t in load_trials(study, storage) if t.state.name == "COMPLETE"]
+    assert len(done) == 4  # the twins were not trained again
+
+
 def test_a_crashed_run_stops_the_comparison_and_a_rerun_queues_it_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

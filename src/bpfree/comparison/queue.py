@@ -85,6 +85,7 @@ class RunQueue:
         self.study = self.optuna.load_study(study_name=name, storage=self.storage)
         self.poll_s = min(2.0, hb["interval_s"])
         self.written: set[str] = set()
+        self.rows: set[str] | None = None  # the labels this process trains (None: all)
 
     # ---- the study ------------------------------------------------------------------------
     def _create_or_join(self) -> dict[str, Any]:
@@ -163,7 +164,8 @@ class RunQueue:
         TrialState = self.optuna.trial.TrialState
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         for ticket in sorted(waiting, key=lambda t: t.number):
-            if ticket.user_attrs.get("key") not in self.by_key:
+            run = self.by_key.get(ticket.user_attrs.get("key"))
+            if run is None or (self.rows is not None and run.label not in self.rows):
                 continue
             if not claim_ticket(self.optuna, self.storage, ticket._trial_id):
                 continue
@@ -253,8 +255,13 @@ class RunQueue:
         self.written.add(key)
 
     # ---- the loop -------------------------------------------------------------------------
-    def work(self, train: Callable[[PlannedRun], RunResult]) -> dict[str, RunResult]:
-        """Claim and train runs until every planned run is done (here or elsewhere)."""
+    def work(
+        self, train: Callable[[PlannedRun], RunResult], rows: set[str] | None = None
+    ) -> dict[str, RunResult]:
+        """Claim and train runs until every planned run is done (here or elsewhere); with
+        ``rows``, only the runs of those labels (the others are left to other processes)."""
+        self.rows = rows
+        targets = [k for k, r in self.by_key.items() if rows is None or r.label in rows]
         first = True
         while True:
             self.optuna.storages.fail_stale_trials(self.study)
@@ -263,7 +270,7 @@ class RunQueue:
             for key, t in done.items():
                 if key in self.by_key:
                     self._write_local(key, t.user_attrs)
-            if all(key in done for key in self.by_key):
+            if all(key in done for key in targets):
                 break
             self._repair(trials, retry_errors=first)
             first = False
@@ -275,7 +282,7 @@ class RunQueue:
         runs = self.out / "runs"
         return {
             k: RunResult.from_dict(read_json(runs / k / "result.json", RESULT_FIELDS), runs / k)
-            for k in self.by_key
+            for k in targets
         }
 
 

@@ -127,7 +127,8 @@ def compare(
 
     ``only="cafo,bp@cnn_3block"``: train only these rows' runs in this call (labels as in the
     report); the comparison, its plan and its manifest are unchanged, and a later call trains
-    the rest, so a long comparison can be run in parts in the order its costs suggest.
+    the rest, so a long comparison can be run in parts in the order its costs suggest. With
+    ``storage``, the processes given the same ``only`` share those rows' runs.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out)
@@ -145,7 +146,7 @@ def compare(
             entries, dataset, seed_list[0], base, lr_grid, twin, scoped.get(BASELINE)
         )
     refs = one_process_plan(plan, seed_list[0]) if one_process_reference else []
-    keep = _rows(only, plan, storage)
+    keep = _rows(only, plan)
     if tune is not None and tune < 1:
         raise ConfigError(f"--tune must be >= 1 trial per study, got {tune}")
     if tune is None and (tune_epochs is not None or tune_train_samples is not None):
@@ -177,6 +178,7 @@ def compare(
         manifest["tuning"] = tuning
         manifest["runs"] = runs_record(plan)
         write_json(out / MANIFEST, manifest)
+    whole = plan  # a shared queue holds every run; --only picks which this process trains
     if keep is not None:
         plan = [r for r in plan if r.label in keep]
         grid = [g for g in grid if g.base in keep]
@@ -187,13 +189,13 @@ def compare(
         queue = RunQueue(
             f"{prefix}-runs",
             url,
-            plan,
+            whole,
             out,
             heartbeat_interval_s=plan_budget.heartbeat_interval_s,
             grace_period_s=plan_budget.grace_period_s,
             log=log,
         )
-        results = queue.work(lambda run: _train(out, run, data, progress, True))
+        results = queue.work(lambda run: _train(out, run, data, progress, True), keep)
     else:
         results = _run_local(out, plan, data, progress, log)
     _run_local(out, grid, data, progress, log, test=False)
@@ -204,15 +206,10 @@ def compare(
     return comparison
 
 
-def _rows(only: str | None, plan: list[PlannedRun], storage: str | None) -> set[str] | None:
+def _rows(only: str | None, plan: list[PlannedRun]) -> set[str] | None:
     """The labels ``only`` names (None: every row), each a row of the plan."""
     if only is None:
         return None
-    if storage is not None:
-        raise ConfigError(
-            "--only trains chosen rows in this process; with --storage every process takes "
-            "the next waiting run of the whole comparison: leave one of them out"
-        )
     labels = list(dict.fromkeys(r.label for r in plan))
     wanted = split_commas(only, "--only")
     for label in wanted:
