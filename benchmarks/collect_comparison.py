@@ -13,24 +13,16 @@ A comparison still running can be collected again later: finished runs are added
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import sys
 from pathlib import Path
 
+from bpfree.comparison.runner import finished_run
 from bpfree.reporting import write_report
 
 SMALL = ("result.json", "metrics.jsonl", "config.json", "env.json")
 LOCAL_PATH = re.compile(r"/(home|root|tmp|work)/")
-
-
-def _finished(run: Path) -> bool:
-    """A result without a checkpoint, and not a run stopped before its first checkpoint
-    (which leaves only an ``interrupted`` result and trains again when the comparison reruns)."""
-    if not (run / "result.json").exists() or (run / "checkpoint.pt").exists():
-        return False
-    return json.loads((run / "result.json").read_text()).get("status") != "interrupted"
 
 
 def collect(src: Path, dst: Path) -> tuple[int, int]:
@@ -41,7 +33,7 @@ def collect(src: Path, dst: Path) -> tuple[int, int]:
     shutil.copy(src / "compare.json", dst / "compare.json")
     done = waiting = 0
     for run in sorted((src / "runs").iterdir()) if (src / "runs").exists() else []:
-        if not _finished(run):
+        if not finished_run(run):
             waiting += 1
             continue
         (dst / "runs" / run.name).mkdir(parents=True, exist_ok=True)

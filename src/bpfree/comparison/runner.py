@@ -267,7 +267,7 @@ def _train(
     )
 
 
-def _finished(run_dir: Path) -> bool:
+def finished_run(run_dir: Path) -> bool:
     """A result without a checkpoint to continue, and not an interruption (a run stopped
     before its first checkpoint leaves only an ``interrupted`` result: it trains again)."""
     path = run_dir / "result.json"
@@ -295,7 +295,7 @@ def _run_local(
     spent: list[float] = []  # seconds of each run trained here, for the estimate of what is left
     for i, run in enumerate(runs, 1):
         run_dir = out / "runs" / run.key
-        done = _finished(run_dir)
+        done = finished_run(run_dir)
         tag = "" if test else f"{kind}, validation only"
         log(
             f"[{i}/{len(runs)}] {run.label} on {run.config.model}, seed {run.config.seed}{tag}: "
