@@ -8,15 +8,16 @@
 #
 # The WORKERS processes run the same `bpfree compare COMPARE_ARGS` and share its seeded runs
 # through a SQLite storage (OUT/NAME.db; `--storage`, docs/sweeps.md: each run is a ticket,
-# claimed once). After DEADLINE_S seconds the processes still running are stopped as by Ctrl-C
-# (their runs go back to the queue; nothing half-trained is reported). Then the finished runs are collected
+# claimed once). After DEADLINE_S seconds, or when the script itself gets Ctrl-C or SIGTERM, the
+# processes still running are stopped as by Ctrl-C (their runs go back to the queue; nothing
+# half-trained is reported). Then the finished runs are collected
 # (benchmarks/collect_comparison.py: small files and the report, no weights) into OUT/NAME/ and
 # packed into OUT/NAME.tar.gz, one file for a machine that sends few back. Rerunning the same
 # command with the same OUT continues: finished runs are reused. Needs optuna (the `sweep`
 # extra). PY (python3) is the interpreter; bpfree is imported from ./src.
 set -euo pipefail
 if [ $# -lt 5 ]; then
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
 out=$1 name=$2 workers=$3 deadline=$4
@@ -38,7 +39,10 @@ for ((i = 0; i < workers; i++)); do
 done
 end=$((SECONDS + deadline))
 alive() { for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
-while [ $SECONDS -lt $end ] && alive; do sleep 2; done
+# Ctrl-C, SIGTERM or a closed terminal ends the wait as the deadline does: collected all the same
+stop=0
+trap 'stop=1' INT TERM HUP
+while [ $SECONDS -lt $end ] && [ "$stop" -eq 0 ] && alive; do sleep 2; done
 # SIGTERM, which bpfree treats as Ctrl-C (a background job of a script ignores SIGINT)
 for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 failed=0

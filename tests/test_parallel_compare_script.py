@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,26 @@ def test_the_deadline_stops_the_processes_and_what_finished_is_still_packed(
     log = (tmp_path / "tiny-w0.log").read_text()
     assert "comparison interrupted; run the same command again to continue it" in log
     assert (tmp_path / "tiny.tar.gz").exists()
+
+
+def test_sigterm_to_the_script_stops_the_processes_and_still_collects(tmp_path: Path) -> None:
+    env = {**os.environ, "PY": sys.executable, "OMP_NUM_THREADS": "1"}
+    cmd = ["bash", str(SCRIPT), str(tmp_path), "tiny", "2", "600", *ARGS]
+    cmd += ["--seeds", "2", "--epochs", "5000", "--set", "patience=5000"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = [tmp_path / f"tiny-w{i}.log" for i in range(2)]
+    deadline = time.monotonic() + 300
+    while not all(p.exists() and ": training (ticket" in p.read_text() for p in logs):
+        assert proc.poll() is None and time.monotonic() < deadline, "no process started a run"
+        time.sleep(0.5)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)  # a session or a job scheduler ending the script
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert time.monotonic() - started < 120  # not the 600 s deadline
+    assert "0 of 4 runs finished" in err
+    assert "comparison interrupted" in logs[0].read_text()
+    assert (tmp_path / "tiny.tar.gz").exists() and (tmp_path / "tiny" / "compare.json").exists()
 
 
 def test_bad_arguments_print_the_usage() -> None:

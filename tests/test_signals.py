@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import types
 from pathlib import Path
 
 import pytest
+import torch
 
 from bpfree.engine import io
-from bpfree.signals import deferred_interrupts, sigterm_as_interrupt
+from bpfree.engine.loop import train_epoch
+from bpfree.signals import deferred_interrupts, raise_if_terminated, sigterm_as_interrupt
 
 
 def test_sigint_inside_the_block_is_raised_after_it() -> None:
@@ -60,3 +63,37 @@ def test_handlers_are_restored() -> None:
     with deferred_interrupts():
         pass
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+class _Steps:
+    """A stand-in rule: counts its training steps."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def train_step(self, batch: object) -> torch.Tensor:
+        self.steps += 1
+        return torch.zeros(())
+
+
+class _KilledWhileCollected:
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # its KeyboardInterrupt is raised in here
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_sigterm_dropped_in_a_finalizer_still_stops_the_next_training_step() -> None:
+    """What a comparison worker did: the interrupt landed in a weakref callback, Python printed
+    "Exception ignored" and the worker trained on, then claimed the next run."""
+    data = types.SimpleNamespace(train_x=torch.zeros(8, 2), train_y=torch.zeros(8))
+    rule = _Steps()
+    with sigterm_as_interrupt():
+        train_epoch(rule, data, torch.Generator(), 2, torch.device("cpu"))  # type: ignore[arg-type]
+        assert rule.steps == 4
+        _KilledWhileCollected()  # collected at once; the interrupt is printed and dropped
+        with pytest.raises(KeyboardInterrupt):
+            train_epoch(rule, data, torch.Generator(), 2, torch.device("cpu"))  # type: ignore[arg-type]
+        assert rule.steps == 4  # no step after the signal
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_terminated()  # remembered until the block ends
+    raise_if_terminated()  # the next block starts afresh

@@ -19,6 +19,7 @@ from bpfree.cli_compare import cmd_compare, cmd_report, finetune_arguments, fine
 from bpfree.cli_sweep import add_parsers as add_sweep_parsers
 from bpfree.cli_sweep import cmd_sweep, cmd_worker
 from bpfree.errors import BpfreeError, nonempty, one_line
+from bpfree.signals import sigterm_as_interrupt
 
 
 def _train_parser(sub: Any) -> None:
@@ -297,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with sigterm_as_interrupt():  # a killed command cleans up as on Ctrl-C, at any point
+            return COMMANDS[args.command](args)
     except BpfreeError as exc:
         print(f"bpfree: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code

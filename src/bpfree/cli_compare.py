@@ -147,7 +147,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         quiet_optuna_logs()
     try:
         result = _compare(args, models, lr_grid)
-    except RunInterrupted:
+    except (RunInterrupted, KeyboardInterrupt):  # in a run, or between runs
         raise RunInterrupted(
             "comparison interrupted; run the same command again to continue it (finished runs "
             "are reused, the interrupted run resumes from its last checkpoint)"

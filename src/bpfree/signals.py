@@ -10,22 +10,44 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+_terminated = False  # a SIGTERM arrived inside the outermost sigterm_as_interrupt block
+_depth = 0  # nesting of sigterm_as_interrupt blocks
+
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises KeyboardInterrupt (main thread only)."""
+    """Within the block, SIGTERM raises KeyboardInterrupt (main thread only).
+
+    It is also remembered until the outermost block ends, for :func:`raise_if_terminated`: an
+    exception raised while Python runs a finalizer or a weakref callback is printed
+    ("Exception ignored in ...") and dropped, and the process would go on as if never told.
+    """
+    global _depth, _terminated
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
+        global _terminated
+        _terminated = True
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, handler)
+    _depth += 1
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _depth -= 1
+        if _depth == 0:
+            _terminated = False
+
+
+def raise_if_terminated() -> None:
+    """Raise KeyboardInterrupt if a SIGTERM arrived in the enclosing block, even one whose own
+    KeyboardInterrupt was dropped; cheap enough to call before every training step."""
+    if _terminated:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

@@ -37,6 +37,7 @@ from bpfree.comparison.plan import PlannedRun
 from bpfree.engine import RunInterrupted, RunResult
 from bpfree.engine.io import RESULT_FIELDS, read_json, write_json, write_text
 from bpfree.errors import ConfigError
+from bpfree.signals import raise_if_terminated
 from bpfree.sweeps.objective import DUPLICATE
 from bpfree.sweeps.storage import open_storage, redact
 from bpfree.sweeps.study import find_study, quiet_optuna, wait_ready, worker_id
@@ -264,6 +265,7 @@ class RunQueue:
         targets = [k for k, r in self.by_key.items() if rows is None or r.label in rows]
         first = True
         while True:
+            raise_if_terminated()  # a SIGTERM whose own interrupt was dropped: claim no more
             self.optuna.storages.fail_stale_trials(self.study)
             trials = self.study.get_trials(deepcopy=False)
             done = {t.user_attrs["key"]: t for t in trials if t.state.name == "COMPLETE"}

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from bpfree.data import DataBundle
 from bpfree.rules import Batch, Rule
+from bpfree.signals import raise_if_terminated
 
 
 @torch.no_grad()
@@ -60,6 +61,7 @@ def train_epoch(
     deadline = None if seconds is None else time.perf_counter() + seconds
     stats = EpochStats(torch.zeros((), device=device), None, 0, 0)
     for start in range(0, n, batch_size):
+        raise_if_terminated()  # a SIGTERM whose own interrupt was dropped in a finalizer
         if max_steps is not None and stats.steps >= max_steps:
             break
         if deadline is not None and time.perf_counter() >= deadline:
