@@ -12,9 +12,9 @@
 # processes still running are stopped as by Ctrl-C (their runs go back to the queue; nothing
 # half-trained is reported). Then the finished runs are collected
 # (benchmarks/collect_comparison.py: small files and the report, no weights) into OUT/NAME/ and
-# packed into OUT/NAME.tar.gz, one file for a machine that sends few back. Rerunning the same
-# command with the same OUT continues: finished runs are reused. Needs optuna (the `sweep`
-# extra). PY (python3) is the interpreter; bpfree is imported from ./src.
+# packed with the logs and the storage (tuning trials too) into OUT/NAME.tar.gz. Rerunning with
+# the same OUT continues: finished runs are reused. Needs optuna (the `sweep` extra). PY
+# (python3) is the interpreter; bpfree is imported from ./src.
 set -euo pipefail
 if [ $# -lt 5 ]; then
   sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
@@ -58,5 +58,6 @@ done
 "$PY" "$root/benchmarks/collect_comparison.py" "$best" "$out/$name" >/dev/null 2>&1
 planned=$(grep -c '"key":' "$out/$name/compare.json" || true)
 finished=$( (find "$out/$name/runs" -name result.json 2>/dev/null || true) | wc -l)
-tar czf "$out/$name.tar.gz" -C "$out" "$name" $(cd "$out" && ls "$name"-w*.log)
+# the storage goes along: its tuning trials and tickets let another machine continue (--storage)
+tar czf "$out/$name.tar.gz" -C "$out" "$name" $(cd "$out" && ls "$name"-w*.log "$name".db*)
 echo "$finished of $planned runs finished; collected into $out/$name and $out/$name.tar.gz" >&2

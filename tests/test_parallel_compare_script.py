@@ -45,6 +45,7 @@ def test_two_processes_share_the_runs_and_one_archive_holds_them(tmp_path: Path)
         manifest = json.loads(tar.extractfile("tiny/compare.json").read())  # type: ignore[union-attr]
     assert sum(n.endswith("/result.json") for n in names) == 4
     assert "tiny/report/table.md" in names and not any(n.endswith(".pt") for n in names)
+    assert "tiny.db" in names  # the storage: another machine can continue from it
     assert manifest["shared"]["storage"] == "sqlite:///tiny.db"  # no local folder in results
 
 
