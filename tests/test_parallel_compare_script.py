@@ -86,3 +86,69 @@ def test_bad_arguments_print_the_usage() -> None:
     bad = subprocess.run(["bash", str(SCRIPT), "o", "n", "two", "9", "--rules", "mf"],
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "whole numbers" in bad.stderr
+
+
+def _sent_tree(tmp_path: Path) -> tuple[Path, str]:
+    """This checkout's tracked files as a device call sends them (no .git), and their commit."""
+    sent = tmp_path / "sent"
+    files = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True
+    ).stdout.split(b"\0")
+    subprocess.run(
+        ["tar", "-C", str(ROOT), "--null", "-T", "-", "-cf", str(tmp_path / "t.tar")],
+        input=b"\0".join(f for f in files if f and (ROOT / f.decode()).exists()),
+        check=True,
+    )
+    sent.mkdir()
+    subprocess.run(["tar", "-C", str(sent), "-xf", str(tmp_path / "t.tar")], check=True)
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+    }
+    env["GIT_COMMITTER_EMAIL"] = "t@t"
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "sent"]):
+        subprocess.run(["git", "-C", str(sent), *cmd], env=env, check=True)
+    sha = subprocess.run(
+        ["git", "-C", str(sent), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    (sent / ".call").mkdir()
+    commit = subprocess.run(
+        ["git", "-C", str(sent), "cat-file", "commit", "HEAD"], capture_output=True, check=True
+    ).stdout
+    (sent / ".call" / "commit").write_bytes(commit)
+    subprocess.run(["rm", "-rf", str(sent / ".git")], check=True)
+    return sent, sha
+
+
+def _device_call(sent: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PY": sys.executable, "OMP_NUM_THREADS": "1", "OUT": str(out)}
+    job = " ".join(["tiny", "1", *ARGS, "--seeds", "1", "--epochs", "1"])
+    cmd = ["bash", "benchmarks/device_call.sh", "300", job]
+    return subprocess.run(cmd, cwd=sent, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _recorded_sha(out: Path) -> str | None:
+    with tarfile.open(out / "tiny.tar.gz") as tar:
+        envs = [n for n in tar.getnames() if n.endswith("/env.json")]
+        assert envs, "no run came back"
+        return json.loads(tar.extractfile(envs[0]).read())["git_sha"]  # type: ignore[union-attr]
+
+
+def test_a_device_call_runs_from_the_commit_it_was_sent_from(tmp_path: Path) -> None:
+    sent, sha = _sent_tree(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    done = _device_call(sent, out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"checkout {sha}" in done.stdout
+    assert _recorded_sha(out) == sha  # clean: no "-dirty"
+    # a file that differs from the commit's: no commit is claimed for the runs
+    (sent / "README.md").write_text((sent / "README.md").read_text() + "\nchanged\n")
+    again = tmp_path / "again"
+    again.mkdir()
+    done = _device_call(sent, again)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "runs record no commit" in done.stdout
+    assert _recorded_sha(again) is None
