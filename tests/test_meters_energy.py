@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+import time
 import types
 from pathlib import Path
 
 import pytest
+import torch
 
-from bpfree.meters import energy
+from bpfree.meters import Reading, energy
 from bpfree.meters.energy import NvmlEnergy, RaplMeter
 
 
@@ -180,11 +182,51 @@ def test_nvml_window_too_short(monkeypatch: pytest.MonkeyPatch) -> None:
     session = NvmlEnergy(0, idle_samples=0)  # default min window: 1 s
     raw = session.meters()[0]
     raw.start()
-    r = raw.stop()
+    r = raw.settle(raw.stop())  # a run of one window of a few microseconds
     assert r.value is None and r.source == "unavailable:window_too_short"
     assert session.meters()[1].available() == "unavailable:no_idle_power"
+
+
+def test_nvml_short_epochs_add_up_to_the_runs_energy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a fast GPU every epoch's window can be under the counter's 1 s minimum; the run's
+    # energy is their sum, judged on their total time (it was withheld whole before).
+    counter = [0] + [v for k in range(4) for v in (1_000 * 10 * k, 1_000 * (10 * k + 6))]
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(counter))
+    session = NvmlEnergy(0, idle_samples=0, min_window_s=0.01)
+    raw = session.meters()[0]
+    total = None
+    for _ in range(4):  # four epochs of about 5 ms, 6 J each
+        raw.start()
+        time.sleep(0.005)
+        total = raw.combine(total, raw.stop())
+    assert total is not None and total.window_s is not None
+    assert total.value == pytest.approx(24.0) and 0.02 <= total.window_s < 1.0
+    assert raw.settle(total) == total  # 4 windows of ~5 ms: over the 0.01 s minimum together
+    session.min_window_s = 1.0
+    withheld = raw.settle(total)  # under the default minimum, the run's total is too short
+    assert withheld.value is None and "in all" in withheld.note
+    assert Reading.from_dict(total.to_dict()) == total  # checkpoints keep the measured time
 
 
 def test_nvml_counter_not_supported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([], supported=False))
     assert NvmlEnergy(0).reason == "unavailable:counter_not_supported"
+
+
+def test_the_suite_settles_the_runs_gpu_energy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # (a CPU suite without its own meters, given the GPU meter: finish() is what is tested)
+    """``MeterSuite.finish`` applies the counter's minimum to the run's summed windows."""
+    from bpfree.config import TrainConfig
+    from bpfree.meters.suite import MeterSuite
+
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([0]))
+    session = NvmlEnergy(0, idle_samples=0)  # 1 s minimum
+    cfg = TrainConfig.build({"rule": "bp", "model": "mlp_1x8", "dataset": "mnist"})
+    suite = MeterSuite(cfg, torch.device("cpu"), None, enabled=False)  # type: ignore[arg-type]
+    suite.train = [*session.meters()[:1], *suite.train]
+    source = "nvml:total_energy_consumption"
+    long = Reading(300.0, "J", source, "whole board", 12.0)  # e.g. 30 epochs of 0.4 s
+    assert suite.finish({"gpu_energy": long})["gpu_energy"] == long
+    short = Reading(3.0, "J", source, "whole board", 0.4)
+    settled = suite.finish({"gpu_energy": short})["gpu_energy"]
+    assert settled.value is None and settled.source == "unavailable:window_too_short"

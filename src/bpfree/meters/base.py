@@ -19,6 +19,9 @@ class Reading:
     unit: str
     source: str  # e.g. "time.perf_counter", "nvml:total_energy", "unavailable:no_gpu"
     note: str = ""
+    # seconds a windowed counter measured over (energy): summed with the values, so the minimum
+    # a coarse counter needs applies to the run's total, not to each epoch's window
+    window_s: float | None = None
 
     @classmethod
     def unavailable(cls, unit: str, reason: str, note: str = "") -> Reading:
@@ -30,11 +33,16 @@ class Reading:
         return self.value is not None and not self.source.startswith(("unavailable", "estimate"))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.window_s is None:
+            del data["window_s"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Reading:
-        return cls(data["value"], data["unit"], data["source"], data.get("note", ""))
+        return cls(
+            data["value"], data["unit"], data["source"], data.get("note", ""), data.get("window_s")
+        )
 
 
 def add(a: Reading | None, b: Reading) -> Reading:
@@ -45,7 +53,8 @@ def add(a: Reading | None, b: Reading) -> Reading:
         return a
     if b.value is None:
         return b
-    return Reading(a.value + b.value, a.unit, a.source, a.note or b.note)
+    window = None if a.window_s is None or b.window_s is None else a.window_s + b.window_s
+    return Reading(a.value + b.value, a.unit, a.source, a.note or b.note, window)
 
 
 def peak(a: Reading | None, b: Reading) -> Reading:

@@ -10,7 +10,8 @@
   sampled with ``nvmlDeviceGetPowerUsage`` before training, outside every window; the meters
   ``gpu_energy`` (raw), ``gpu_energy_above_idle`` and ``gpu_idle_power`` share one session.
   The counter covers the whole board: never run two measured trials on one GPU at once.
-  Windows shorter than ``min_window_s`` (1 s) read as "window too short", not as 0.
+  A run whose windows (one per epoch) add up to less than ``min_window_s`` (1 s) reads as
+  "window too short", not as 0; shorter single windows are summed, not withheld.
 """
 
 from __future__ import annotations
@@ -280,24 +281,37 @@ class NvmlEnergyMeter:
         seconds = time.perf_counter() - self._t0
         joules = (self.session.read_mj() - self._e0) / 1000.0
         s = self.session
-        if seconds < s.min_window_s:
-            return Reading.unavailable(
-                "J",
-                "window_too_short",
-                f"window {seconds:.3f} s < {s.min_window_s:g} s: NVML's counter is too coarse",
-            )
         where = f"GPU {s.gpu_index} ({s.name}), whole board"
         if not self.above_idle:
-            return Reading(joules, "J", "nvml:total_energy_consumption", where)
+            return Reading(joules, "J", "nvml:total_energy_consumption", where, seconds)
         assert s.idle_w is not None
         return Reading(
             joules - s.idle_w * seconds,
             "J",
             "nvml:total_energy_consumption-idle",
-            f"{where}; minus idle power {s.idle_w:.1f} W x {seconds:.2f} s",
+            f"{where}; minus idle power {s.idle_w:.1f} W x the measured time (window_s)",
+            seconds,
         )
 
-    combine = staticmethod(add)
+    combine = staticmethod(add)  # the windows' energies and seconds both add up
+
+    def settle(self, total: Reading) -> Reading:
+        """The run's reading: withheld when all its windows together are too short to trust.
+
+        Each window (an epoch) may be short on a fast GPU; their sum is what the counter's
+        coarseness has to be weighed against, so the minimum applies to the run's total. Each
+        window's share is off by up to one step of the counter, an error without a sign that
+        averages out over a run's windows; the 2026-12-04 H200 runs withheld whole runs'
+        energy because one epoch lasted under 1 s.
+        """
+        seconds, floor = total.window_s, self.session.min_window_s
+        if total.value is None or seconds is None or seconds >= floor:
+            return total
+        return Reading.unavailable(
+            "J",
+            "window_too_short",
+            f"measured {seconds:.3f} s in all < {floor:g} s: NVML's counter is too coarse",
+        )
 
 
 class IdlePowerMeter:

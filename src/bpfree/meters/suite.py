@@ -213,6 +213,10 @@ class MeterSuite:
     def finish(self, cost: dict[str, Reading]) -> dict[str, Reading]:
         """Derived readings and an explicit null (with the reason) for everything unmeasured."""
         out = dict(cost)
+        for m in self.train:  # counters that judge the run's total (NVML: its minimum window)
+            settle = getattr(m, "settle", None)
+            if settle is not None and m.name in out:
+                out[m.name] = settle(out[m.name])
         reason = "unavailable:meters_disabled" if not self.enabled else "unavailable:not_measured"
         fwd, bwd = out.get("train_flops_forward"), out.get("train_flops_backward")
         if fwd is not None and bwd is not None:
