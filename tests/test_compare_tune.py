@@ -85,6 +85,13 @@ def test_rule_and_twin_get_one_budget_and_the_runs_use_the_best_settings(tmp_pat
     # (lr, weight decay, batch size) starts from backprop's own defaults.
     twin_base = attrs[dfa_twin]["base_config"]["hparams"]
     assert twin_base["optimizer"] == "adamw" and twin_base["lr"] == 1e-3
+    # Trial 0 of every study trains what the untuned comparison would: the rule's defaults,
+    # the twin its matched settings (DFA's lr 1e-4), so tuning cannot end below them.
+    for label, s in tuning["studies"].items():
+        trial0 = min(load_trials(s["study"], storage), key=lambda t: t.number)
+        assert trial0.params == attrs[label]["first_trial"], label
+    assert attrs[dfa_twin]["first_trial"]["lr"] == pytest.approx(1e-4)
+    assert attrs[mf_twin]["first_trial"]["lr"] == pytest.approx(1e-3)
     # The seeded runs train with each study's best settings (the fixed one kept).
     for run in result.plan:
         best = tuning["studies"][run.label]
@@ -96,6 +103,7 @@ def test_rule_and_twin_get_one_budget_and_the_runs_use_the_best_settings(tmp_pat
     assert by_label["dfa:optimizer=adamw"].config.hparams["optimizer"] == "adamw"
     assert by_label[dfa_twin].config.hparams["optimizer"] == "adamw"
     assert "tuned: 2 trials each, same budget" in (out / "report" / "table.md").read_text()
+    assert "trial 0 at each one's untuned settings" in (out / "report" / "table.md").read_text()
     assert "tuned: 2 trials each, same budget" in (out / "report" / "report.html").read_text()
 
     # Rerun: the studies are finished and the runs done; nothing is tuned or trained again.

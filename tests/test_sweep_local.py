@@ -216,3 +216,46 @@ def test_worker_dying_between_claim_and_first_heartbeat_is_noticed(storage: str)
     work(name, storage)  # notices the silent trial after the grace period and re-runs its slot
     trials = assert_exactly_n(name, storage, 2)
     assert trials[stuck.number].state.name == "FAIL"
+
+
+def test_trial_0_runs_the_base_settings_so_tuning_cannot_end_below_them(storage: str) -> None:
+    """``defaults_first`` (the default): the first ticket carries the base settings."""
+    from bpfree.rules import RULES
+    from bpfree.sweeps.budget import base_point, search_space
+
+    name = study_name()
+    base = TrainConfig.build(TINY)
+    run_study(base, Budget(n_trials=3), study=name, storage=storage)
+    trials = sorted(assert_exactly_n(name, storage, 3), key=lambda t: t.number)
+    defaults = RULES.get("mf").Hparams().to_dict()
+    first = trials[0].params
+    assert first["lr"] == defaults["lr"] and first["batch_size"] == defaults["batch_size"]
+    # mf's default weight decay, 0, lies below its log range: the range's low end stands in
+    space = search_space("mf")
+    assert defaults["weight_decay"] == 0.0 and first["weight_decay"] == space["weight_decay"]["low"]
+    assert first == base_point(base, space)
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert study.user_attrs["first_trial"] == first
+    assert all(t.params != first for t in trials[1:])  # the others are drawn
+    # --no-defaults-first: every trial drawn, and the budget records it
+    other = study_name()
+    run_study(base, Budget(n_trials=2, defaults_first=False), study=other, storage=storage)
+    drawn = sorted(assert_exactly_n(other, storage, 2), key=lambda t: t.number)
+    assert drawn[0].params != first
+    assert (
+        optuna.load_study(study_name=other, storage=storage).user_attrs["budget"]["defaults_first"]
+        is False
+    )
+
+
+def test_base_point_projects_onto_the_space() -> None:
+    from bpfree.sweeps.budget import base_point
+
+    space: dict[str, dict[str, Any]] = {
+        "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True, "step": None},
+        "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True, "step": None},
+        "batch_size": {"type": "categorical", "choices": [64, 128, 256]},
+    }
+    config = TrainConfig.build({**TINY, "hparams": {"lr": 0.5, "batch_size": 100}})
+    point = base_point(config, space)
+    assert point == {"lr": 1e-2, "weight_decay": 1e-6, "batch_size": 128}

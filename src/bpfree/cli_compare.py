@@ -107,6 +107,12 @@ def add_parsers(sub: Any) -> None:
         help="training subset of the tuning trials (default --train-samples)",
     )
     p.add_argument(
+        "--no-defaults-first",
+        action="store_true",
+        help="draw every tuning trial (by default trial 0 runs each rule's own settings, the "
+        "defaults or the matched twin's, so tuning never ends below them on validation)",
+    )
+    p.add_argument(
         "--storage",
         type=nonempty,
         metavar="URL",
@@ -177,6 +183,7 @@ def _compare(args: argparse.Namespace, models: dict[str, str], lr_grid: list[flo
         tune=args.tune,
         tune_epochs=args.tune_epochs,
         tune_train_samples=args.tune_train_samples,
+        budget={"defaults_first": False} if args.no_defaults_first else None,
         storage=args.storage,
         twin=args.twin,
         lr_grid=lr_grid,

@@ -42,6 +42,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--sampler-seed", type=int, help="TPE's own seed (default 0)")
     p.add_argument("--pruner", choices=["median", "none"], help="per-epoch pruning (median)")
     p.add_argument(
+        "--no-defaults-first",
+        action="store_true",
+        help="draw every trial (by default trial 0 runs the base settings, the rule's defaults)",
+    )
+    p.add_argument(
         "--max-failed",
         type=int,
         metavar="N",
@@ -159,6 +164,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         "max_failed_trials": args.max_failed,
         "heartbeat_interval_s": args.heartbeat_interval,
         "grace_period_s": args.grace_period,
+        "defaults_first": False if args.no_defaults_first else None,
     }
     spec = create_or_join(
         args.study,

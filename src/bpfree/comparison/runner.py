@@ -37,7 +37,7 @@ from bpfree.engine.io import write_json
 from bpfree.errors import ConfigError, split_commas
 from bpfree.reporting import write_report
 from bpfree.rules import RULES
-from bpfree.sweeps.budget import Budget, search_space
+from bpfree.sweeps.budget import Budget, base_point, search_space
 from bpfree.sweeps.storage import for_record, redact, resolve_url
 
 TUNING_DB = "tuning.db"  # --tune without --storage: the studies live inside <out>
@@ -55,18 +55,25 @@ class Comparison:
 
 def _tuning_targets(
     plan: list[PlannedRun], entries: list[Entry], seed: int, overrides: dict[str, Any]
-) -> list[tuple[str, TrainConfig]]:
-    """(label, base settings) of every study: each entry, then each distinct twin, on the
-    comparison's first seed with the tuning epoch cap and training subset."""
+) -> list[tuple[str, TrainConfig, dict[str, Any]]]:
+    """(label, base settings, first trial) of every study: each entry, then each distinct twin,
+    on the comparison's first seed with the tuning epoch cap and training subset. The first
+    trial is what the untuned comparison trains (a twin: its matched settings), projected onto
+    the search space."""
     first = {r.label: r.config for r in plan if r.config.seed == seed}
-    targets = [(e.label, first[e.label].replace(**overrides)) for e in entries]
+    targets = []
+    for e in entries:
+        cfg = first[e.label]
+        targets.append((e.label, cfg.replace(**overrides), base_point(cfg, search_space(cfg.rule))))
     for label in dict.fromkeys(e.twin for e in entries):
         # A twin keeps its rule's settings outside backprop's search space (e.g. a matched
         # lr schedule); what the search tunes starts from backprop's defaults.
         cfg = first[label]
+        space = search_space(cfg.rule)
         defaults = RULES.get(cfg.rule).Hparams().to_dict()
-        tuned = {k: defaults[k] for k in search_space(cfg.rule)}
-        targets.append((label, cfg.replace(**overrides, hparams={**cfg.hparams, **tuned})))
+        tuned = {k: defaults[k] for k in space}
+        base = cfg.replace(**overrides, hparams={**cfg.hparams, **tuned})
+        targets.append((label, base, base_point(cfg, space)))
     return targets
 
 
@@ -247,8 +254,8 @@ def _tune(
     where = for_record(url) if url is not None else f"{TUNING_DB} in the comparison directory"
     overrides = {"epochs": request["epochs"], "train_samples": request["train_samples"]}
     targets = [
-        Target(label, study_name(prefix, label), cfg)
-        for label, cfg in _tuning_targets(plan, entries, request["seed"], overrides)
+        Target(label, study_name(prefix, label), cfg, point)
+        for label, cfg, point in _tuning_targets(plan, entries, request["seed"], overrides)
     ]
     log(
         f"tuning {len(targets)} studies, {request['trials']} trials each, same budget "

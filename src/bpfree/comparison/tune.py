@@ -36,6 +36,7 @@ class Target:
     label: str
     study: str
     base: TrainConfig
+    first: dict[str, Any] | None = None  # trial 0's settings (None: the base's, projected)
 
 
 def study_name(prefix: str, label: str) -> str:
@@ -59,7 +60,7 @@ def tune_all(
     cache = DataCache()  # one dataset load for every study of this process
     workers: dict[str, Worker] = {}
     for t in targets:
-        spec = create_or_join(t.study, storage, base=t.base, budget=budget)
+        spec = create_or_join(t.study, storage, base=t.base, budget=budget, first=t.first)
 
         def on_trial(trial: Any, label: str = t.label, metric: str = spec.base.monitor) -> None:
             value = "" if trial.value is None else f", {metric} {trial.value:.4f}"

@@ -47,9 +47,11 @@ def tuning_note(manifest: dict[str, Any]) -> str:
         return "not tuned: every rule ran with its default settings and --set values"
     b = t["budget"]
     pruner = "no pruner" if b["pruner"] == "none" else f"{b['pruner']} pruner"
+    # (absent from comparisons made before the setting: their trial 0 was drawn too)
+    first = ", trial 0 at each one's untuned settings" if b.get("defaults_first") else ""
     return (
         f"tuned: {t['trials']} trials each, same budget ({t['epochs']} data passes per trial, "
-        f"train_samples={t['train_samples']}, TPE seed {b['sampler_seed']}, {pruner}); "
+        f"train_samples={t['train_samples']}, TPE seed {b['sampler_seed']}, {pruner}{first}); "
         f"studies in {t['storage']}: "
         + "; ".join(
             f"{label} {s['study']} (best trial {s['best_trial']}: "

@@ -38,6 +38,9 @@ class Budget:
     max_retry: int = 2  # a trial whose worker died is re-run with the same settings this often
     heartbeat_interval_s: int = 15  # a running trial proves it is alive this often
     grace_period_s: int = 60  # silent this long: its worker is dead, the trial is FAIL
+    # trial 0 runs the base settings (the rule's defaults, or its matched twin's), projected
+    # onto the search space, so tuning can never end below them on validation
+    defaults_first: bool = True
 
     def __post_init__(self) -> None:
         checks = [
@@ -108,7 +111,9 @@ class Budget:
 
     def describe(self) -> dict[str, Any]:
         """The sampler and pruner in full, for the record (what Optuna ran, not just our names)."""
+        first = {"first_trial": "base settings"} if self.defaults_first else {}
         return {
+            **first,
             "sampler": {
                 "name": "TPESampler",
                 "seed": self.sampler_seed,
@@ -171,3 +176,35 @@ def search_space(rule: str) -> dict[str, dict[str, Any]]:
             "suggest() must name each parameter after the field it sets"
         )
     return recorder.space
+
+
+def base_point(config: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The base settings' value of every tuned name, projected onto ``space``: a study's first
+    trial under ``defaults_first``.
+
+    A value outside its range takes the nearest end (weight decay 0 on a log range from 1e-6
+    becomes 1e-6), a numeric value not among a categorical's choices the nearest choice, so the
+    point is one the space holds and the sampler's record stays valid.
+    """
+    values = RULES.get(config.rule).Hparams.from_dict(config.hparams, config.rule).to_dict()
+    point: dict[str, Any] = {}
+    for name, dist in space.items():
+        value = values.get(name)
+        if value is None or isinstance(value, bool):
+            continue
+        if dist["type"] == "categorical":
+            choices = dist["choices"]
+            if value in choices:
+                point[name] = value
+            elif isinstance(value, int | float):
+                numeric = [c for c in choices if isinstance(c, int | float)]
+                if numeric:
+                    point[name] = min(numeric, key=lambda c: abs(c - value))
+            continue
+        low, high, step = dist["low"], dist["high"], dist.get("step")
+        v = min(max(value, low), high)
+        if step:
+            v = low + round((v - low) / step) * step
+            v = min(v, high)
+        point[name] = int(v) if dist["type"] == "int" else float(v)
+    return point

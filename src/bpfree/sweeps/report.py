@@ -104,7 +104,8 @@ class SweepSummary:
             f"  {c['rule']} on {c['model']} / {c['dataset']}: epoch cap {c['epochs']}, "
             f"patience {c['patience']}, train_samples {c['train_samples']}, seed {c['seed']}",
             f"  budget: {b['n_trials']} finished trials, TPE seed {b['sampler_seed']} "
-            f"({b['startup_trials']} random start-up trials), {pruner}",
+            f"({b['startup_trials']} random start-up trials), {pruner}"
+            + ("; trial 0: the base settings" if b.get("defaults_first") else ""),
         ]
         if self.best is not None:
             hp = ", ".join(f"{k}={_short(v)}" for k, v in self.best["params"].items())

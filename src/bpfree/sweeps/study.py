@@ -20,7 +20,7 @@ from typing import Any
 from bpfree.config import TrainConfig
 from bpfree.errors import BpfreeError, ConfigError, shorten
 from bpfree.rules import RULES
-from bpfree.sweeps.budget import Budget, search_space
+from bpfree.sweeps.budget import Budget, base_point, search_space
 from bpfree.sweeps.storage import (
     import_optuna,
     open_storage,
@@ -112,7 +112,8 @@ def _spec_from_attrs(name: str, url: str, attrs: dict[str, Any]) -> SweepSpec:
         name,
         url,
         TrainConfig.build(attrs["base_config"]),
-        Budget.from_dict(attrs["budget"]),
+        # a study stored before ``defaults_first`` existed drew its first trial like the rest
+        Budget.from_dict({"defaults_first": False, **attrs["budget"]}),
         attrs.get("search_space", {}),
     )
 
@@ -123,8 +124,12 @@ def create_or_join(
     *,
     base: TrainConfig | dict[str, Any] | None = None,
     budget: Budget | dict[str, Any] | None = None,
+    first: dict[str, Any] | None = None,
 ) -> SweepSpec:
     """Create study ``study`` with these settings, or check them against the stored ones.
+
+    With the budget's ``defaults_first`` a new study's trial 0 runs ``first`` (default: the base
+    settings' values of the tuned names, projected onto the search space).
 
     ``base`` and ``budget`` may be partial mappings (only what the user asked for): against an
     existing study they must agree with what is stored (equal budgets: a joining worker cannot
@@ -173,8 +178,13 @@ def create_or_join(
             }
             for key, value in attrs.items():
                 created.set_user_attr(key, value)
+            if first is None:
+                first = base_point(config, space)
+            first = first if plan.defaults_first else {}
+            if first:
+                created.set_user_attr("first_trial", first)
             for slot in range(plan.n_trials):  # the tickets: see the module docstring
-                created.enqueue_trial({}, user_attrs={"slot": slot})
+                created.enqueue_trial(first if slot == 0 else {}, user_attrs={"slot": slot})
             created.set_user_attr("ready", True)  # last: joiners wait for it
             return spec
     assert existing is not None
