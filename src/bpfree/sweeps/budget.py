@@ -17,12 +17,15 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bpfree.engine.seeding import derive_seed
 from bpfree.errors import ConfigError, suggest
 from bpfree.rules import RULES
 from bpfree.settings import coerce
+
+if TYPE_CHECKING:
+    from bpfree.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ def search_space(rule: str) -> dict[str, dict[str, Any]]:
     return recorder.space
 
 
-def base_point(config: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def base_point(config: TrainConfig, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The base settings' value of every tuned name, projected onto ``space``: a study's first
     trial under ``defaults_first``.
 

@@ -178,9 +178,10 @@ def create_or_join(
             }
             for key, value in attrs.items():
                 created.set_user_attr(key, value)
-            if first is None:
+            if not plan.defaults_first:
+                first = {}
+            elif first is None:
                 first = base_point(config, space)
-            first = first if plan.defaults_first else {}
             if first:
                 created.set_user_attr("first_trial", first)
             for slot in range(plan.n_trials):  # the tickets: see the module docstring
